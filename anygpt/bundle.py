@@ -1,0 +1,326 @@
+"""Model bundles: the LLM, its text tokenizer and the modality tokenizers, loaded lazily.
+
+A bundle is a folder with ``bundle.json``::
+
+    {
+      "format": "anygpt-bundle", "version": 1,
+      "llm": "llm",                       # Hugging Face LLaMA folder (+ tokenizer files)
+      "chat_template": "mmgpt",
+      "max_context": 4096,
+      "decoding": null,                   # folder of *_generate_config.json (default: config/)
+      "modalities": {
+        "speech": {"type": "speechtokenizer", "tokens": {...},
+                   "files": {"config": "speechtokenizer/config.json",
+                             "checkpoint": "speechtokenizer/ckpt.dev",
+                             "soundstorm": "soundstorm/speechtokenizer_soundstorm_mls.pt"}},
+        "music": {"type": "encodec", "tokens": {...}, "files": {"model": "encodec_32khz"},
+                  "options": {"num_codebooks": 4}}
+      }
+    }
+
+A plain Hugging Face model folder (AnyGPT's released ``models/anygpt/base`` or ``chat``) is a bundle
+too: the modality files are then looked up where AnyGPT's command lines expect them (``models/...``
+relative to the working directory), and each is loaded only when a request needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anygpt.checkpoint import CheckpointError
+from anygpt.config import DecodingConfig, load_decoding, soundstorm_steps
+from anygpt.layout import ANYGPT_MODALITIES, ModalityTokens, TokenLayout
+from anygpt.modalities.base import ModalityError, ModalityTokenizer
+from anygpt.prompts import ChatTemplate, chat_template
+from anygpt.text_tokenizer import TextTokenizer
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = "anygpt-bundle"
+
+
+@dataclass
+class ModalityEntry:
+    """One modality of a bundle: its tokenizer type, files (relative to the bundle) and tokens."""
+
+    type: str
+    tokens: ModalityTokens
+    files: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": self.type,
+            "tokens": self.tokens.to_dict(),
+            "files": dict(self.files),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModalityEntry:
+        return cls(
+            d["type"],
+            ModalityTokens.from_dict(d["tokens"]),
+            dict(d.get("files", {})),
+            dict(d.get("options", {})),
+        )
+
+
+@dataclass
+class BundleConfig:
+    """What a bundle holds; saved as ``bundle.json`` beside the weights."""
+
+    llm: str = "llm"
+    chat_template: str = "mmgpt"
+    max_context: int = 4096
+    decoding: str | None = None
+    modalities: dict[str, ModalityEntry] = field(default_factory=dict)
+    name: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["modalities"] = {k: v.to_dict() for k, v in self.modalities.items()}
+        return {"format": FORMAT, "version": 1, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BundleConfig:
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"not an anygpt bundle (format {d.get('format')!r})")
+        mods = {k: ModalityEntry.from_dict(v) for k, v in d.get("modalities", {}).items()}
+        return cls(
+            d.get("llm", "llm"),
+            d.get("chat_template", "mmgpt"),
+            int(d.get("max_context", 4096)),
+            d.get("decoding"),
+            mods,
+            d.get("name", ""),
+        )
+
+    def save(self, directory: str | Path) -> None:
+        path = Path(directory) / BUNDLE_FILE
+        path.write_text(
+            json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+
+
+def upstream_layout(
+    llm_dir: Path,
+    *,
+    speech_tokenizer_path: str = "models/speechtokenizer/ckpt.dev",
+    speech_tokenizer_config: str = "models/speechtokenizer/config.json",
+    soundstorm_path: str = "models/soundstorm/speechtokenizer_soundstorm_mls.pt",
+    image_tokenizer_path: str = "models/seed-tokenizer-2/seed_quantizer.pt",
+    image_vit_path: str = "models/seed-tokenizer-2/eva_vit_g.pth",
+    unclip_path: str = "models/stable-diffusion-2-1-unclip",
+    music_path: str = "models/encodec_32khz",
+    audio_path: str = "models/encodec_24khz",
+) -> BundleConfig:
+    """A bundle config for AnyGPT's released folder layout (paths as its command lines use them)."""
+    cwd = Path.cwd()
+
+    def here(p: str) -> str:
+        return str((cwd / p).resolve())
+
+    image, speech, music, audio = ANYGPT_MODALITIES
+    mods = {
+        "image": ModalityEntry(
+            "seed",
+            image,
+            {
+                "quantizer": here(image_tokenizer_path),
+                "vit": here(image_vit_path),
+                "unclip": here(unclip_path),
+            },
+        ),
+        "speech": ModalityEntry(
+            "speechtokenizer",
+            speech,
+            {
+                "config": here(speech_tokenizer_config),
+                "checkpoint": here(speech_tokenizer_path),
+                "soundstorm": here(soundstorm_path),
+            },
+        ),
+        "music": ModalityEntry(
+            "encodec",
+            music,
+            {"model": here(music_path)},
+            {"num_codebooks": 4, "source": "facebook/encodec_32khz"},
+        ),
+        "audio": ModalityEntry(
+            "encodec",
+            audio,
+            {"model": here(audio_path)},
+            {"num_codebooks": 4, "source": "facebook/encodec_24khz"},
+        ),
+    }
+    return BundleConfig(llm=str(llm_dir.resolve()), modalities=mods, name=llm_dir.name)
+
+
+class Bundle:
+    """A loaded bundle.  Nothing heavy happens until a property is first used.
+
+    Args:
+        root: the bundle folder (or a plain LLM folder, see :func:`upstream_layout`).
+        device: where models run (``cpu``, ``cuda``, ``cuda:1``; ``auto`` picks CUDA when present).
+        dtype: LLM dtype (``auto``: bf16 on CUDA, fp32 on CPU).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        config: BundleConfig | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if config is None:
+            config = self.read_config(self.root)
+        self.config = config
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.dtype = getattr(torch, dtype)
+        self._tokenizer: TextTokenizer | None = None
+        self._layout: TokenLayout | None = None
+        self._llm: Any = None
+        self._modalities: dict[str, ModalityTokenizer] = {}
+
+    @staticmethod
+    def read_config(root: Path) -> BundleConfig:
+        if not root.exists():
+            raise CheckpointError(
+                f"model folder '{root}' does not exist. Create a test bundle with "
+                f"'anygpt debug-bundle {root}', or download AnyGPT's released model there."
+            )
+        if (root / BUNDLE_FILE).is_file():
+            try:
+                return BundleConfig.from_dict(
+                    json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{root / BUNDLE_FILE} is malformed: {exc}") from exc
+        if (root / "config.json").is_file():
+            return upstream_layout(root)
+        raise CheckpointError(
+            f"'{root}' is neither an anygpt bundle ({BUNDLE_FILE}) nor a model folder"
+        )
+
+    # ------------------------------------------------------------------ paths
+    def path(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def llm_dir(self) -> Path:
+        return self.path(self.config.llm)
+
+    @property
+    def decoding_dir(self) -> Path | None:
+        return self.path(self.config.decoding) if self.config.decoding else None
+
+    def decoding(self, output_modality: str | None, chat: bool) -> DecodingConfig:
+        return load_decoding(output_modality, chat, self.decoding_dir)
+
+    @property
+    def template(self) -> ChatTemplate:
+        return chat_template(self.config.chat_template)
+
+    # ------------------------------------------------------------------ text side
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = TextTokenizer.from_dir(self.llm_dir)
+        return self._tokenizer
+
+    @property
+    def layout(self) -> TokenLayout:
+        """Token layout of the modalities whose tokens the text tokenizer has."""
+        if self._layout is None:
+            tok = self.tokenizer
+            present = [
+                e.tokens
+                for e in self.config.modalities.values()
+                if tok.has_token(e.tokens.start_tag)
+            ]
+            self._layout = TokenLayout(present, tok)
+        return self._layout
+
+    @property
+    def modality_names(self) -> list[str]:
+        return list(self.layout.modalities)
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            from transformers import LlamaForCausalLM
+
+            if not (self.llm_dir / "config.json").is_file():
+                raise CheckpointError(f"LLM folder '{self.llm_dir}' has no config.json")
+            model = LlamaForCausalLM.from_pretrained(
+                str(self.llm_dir), dtype=self.dtype, local_files_only=True
+            )
+            rows = model.get_input_embeddings().weight.shape[0]
+            if rows < self.tokenizer.vocab_size:
+                raise CheckpointError(
+                    f"the LLM has {rows} embedding rows but its tokenizer has {self.tokenizer.vocab_size} tokens"
+                )
+            self._llm = model.to(self.device).eval()
+        return self._llm
+
+    # ------------------------------------------------------------------ modalities
+    def modality(self, name: str) -> ModalityTokenizer:
+        """The tokenizer of a modality (built on first use; its models load on first encode/decode)."""
+        if name not in self._modalities:
+            if name not in self.config.modalities:
+                raise ModalityError(
+                    f"this model has no '{name}' modality (it has: {', '.join(self.config.modalities) or 'none'})"
+                )
+            self._modalities[name] = make_modality(name, self.config.modalities[name], self)
+        return self._modalities[name]
+
+
+def make_modality(name: str, entry: ModalityEntry, bundle: Bundle) -> ModalityTokenizer:
+    """Instantiate the modality tokenizer for a bundle entry (no weights are read here)."""
+    files = {k: bundle.path(v) for k, v in entry.files.items()}
+    opts = dict(entry.options)
+    device = bundle.device
+    if entry.type == "speechtokenizer":
+        from anygpt.modalities.speech import SpeechTokenizerModality
+
+        return SpeechTokenizerModality(
+            files["config"],
+            files["checkpoint"],
+            soundstorm_path=files.get("soundstorm"),
+            soundstorm_config=files.get("soundstorm_config"),
+            soundstorm_steps=int(
+                opts.get("soundstorm_steps", soundstorm_steps(bundle.decoding_dir))
+            ),
+            device=device,
+        )
+    if entry.type == "encodec":
+        from anygpt.modalities.encodec import EncodecModality
+
+        return EncodecModality(
+            name,
+            files["model"],
+            num_codebooks=int(opts.get("num_codebooks", 4)),
+            device=device,
+            source=opts.get("source"),
+        )
+    if entry.type == "seed":
+        from anygpt.modalities.image import SeedModality
+
+        return SeedModality(files, options=opts, device=device)
+    if entry.type == "units":
+        from anygpt.modalities.units import UnitsModality
+
+        return UnitsModality(files, options=opts, device=device)
+    raise ModalityError(f"unknown modality tokenizer type '{entry.type}' for '{name}'")

@@ -1,0 +1,295 @@
+"""The ``anygpt`` command line.
+
+    anygpt base  [PROMPT ...] [--batch FILE]   base model: 'text|image|a cat', 'speech|text|q.wav', ...
+    anygpt chat  [PROMPT ...] [--batch FILE]   chat model: 'interleaved|hello||||', plain text, '|clear'
+    anygpt debug-bundle DIR                    write a tiny random bundle for tests
+
+Run ``anygpt SUBCOMMAND --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    from anygpt.paths import DEFAULT_MODEL_ENV
+
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        "--model-name-or-path",
+        dest="model",
+        default=None,
+        help=f"bundle folder, or an AnyGPT model folder (default: ${DEFAULT_MODEL_ENV}, "
+        "else the shipped models/anygpt-nano)",
+    )
+    g.add_argument(
+        "--speech-tokenizer-path", help="SpeechTokenizer weights (ckpt.dev); overrides the bundle"
+    )
+    g.add_argument(
+        "--speech-tokenizer-config", help="SpeechTokenizer config.json; overrides the bundle"
+    )
+    g.add_argument("--soundstorm-path", help="SoundStorm weights; overrides the bundle")
+    g.add_argument("--image-tokenizer-path", help="SEED seed_quantizer.pt; overrides the bundle")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="LLM precision (auto: bf16 on GPU, fp32 on CPU)",
+    )
+    r = p.add_argument_group("run")
+    r.add_argument("prompts", nargs="*", help="one-shot prompts; none = interactive")
+    r.add_argument("--batch", metavar="FILE", help="file with one prompt per line ('-' = stdin)")
+    r.add_argument(
+        "--batch-size", type=int, default=16, help="prompts generated together (default 16)"
+    )
+    r.add_argument(
+        "--output-dir", default=default_out, help=f"where outputs go (default {default_out})"
+    )
+    r.add_argument("--seed", type=int, default=None, help="make a run reproducible")
+    r.add_argument(
+        "--max-new-tokens", type=int, default=None, help="override the decoding config's limit"
+    )
+    r.add_argument("-v", "--verbose", action="store_true", help="log loading and timing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anygpt",
+        description="Any-to-any multimodal LLMs from discrete tokens (AnyGPT-compatible).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n"
+        "  anygpt base 'text|speech|Hello there'\n"
+        "  anygpt base 'speech|text|question.wav' 'text|music|calm piano'\n"
+        "  anygpt chat 'interleaved|What is this?|||cat.jpg'\n"
+        "  anygpt debug-bundle /tmp/bundle",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser(
+        "base",
+        help="run the base model on 'source|target|content[|voice.wav]' prompts",
+        description="Base model. Prompt forms: text|image|CAPTION, image|text|PATH, "
+        "text|speech|TEXT[|VOICE.wav], speech|text|PATH, text|music|CAPTION, "
+        "music|text|PATH, text|audio|CAPTION, audio|text|PATH. "
+        "Write \\| for a literal bar inside a field.",
+    )
+    _common_model_args(b, "infer_output/base")
+    b.add_argument(
+        "--instruction", help="use this instruction instead of a random one from AnyGPT's lists"
+    )
+
+    c = sub.add_parser(
+        "chat",
+        help="talk with the chat model",
+        description="Chat model. Lines: 'interleaved|TEXT|TO_MODALITY|VOICE|IMAGES|SPEECH|MUSIC' "
+        "(comma-separated file lists; trailing fields may be omitted), plain text, "
+        "'|clear' to forget the conversation, 'quit' to leave. One-shot prompts "
+        "are turns of one conversation.",
+    )
+    _common_model_args(c, "infer_output/chat")
+    c.add_argument("--voice", help="voice prompt wav for spoken replies (default: a random voice)")
+
+    d = sub.add_parser(
+        "debug-bundle", help="write a tiny randomly initialised bundle (outputs are noise)"
+    )
+    d.add_argument("out_dir", help="folder to create")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--modalities",
+        default="speech,music,audio,image",
+        help="comma-separated (default speech,music,audio,image; 'units' replaces speech)",
+    )
+    d.add_argument(
+        "--no-soundstorm", action="store_true", help="leave SoundStorm out of the speech modality"
+    )
+    d.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+
+    from anygpt import commands
+
+    commands.register(sub)
+    return parser
+
+
+def _load_bundle(args: argparse.Namespace):
+    from anygpt.bundle import Bundle
+    from anygpt.paths import default_model
+
+    root = Path(args.model) if args.model else default_model()
+    bundle = Bundle(root, device=args.device, dtype=args.dtype)
+    mods = bundle.config.modalities
+    overrides = {
+        ("speech", "checkpoint"): args.speech_tokenizer_path,
+        ("speech", "config"): args.speech_tokenizer_config,
+        ("speech", "soundstorm"): args.soundstorm_path,
+        ("image", "quantizer"): args.image_tokenizer_path,
+    }
+    for (mod, key), value in overrides.items():
+        if value and mod in mods:
+            mods[mod].files[key] = str(Path(value).resolve())
+    return bundle
+
+
+def _read_batch(path: str) -> list[str]:
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"error: cannot read batch file {path}: {exc}") from exc
+    return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _print_outcome(o) -> None:
+    if o.error:
+        print(f"error: {o.error}  [{o.request[:80]}]", file=sys.stderr)
+        return
+    if o.text is not None:
+        print(f"results: {o.text}")
+    for note in o.notes:
+        print(f"note: {note}")
+    for f in o.files:
+        print(f"saved: {f}")
+
+
+def _interactive(handle, first: str, later: str) -> int:
+    prompt = first
+    while True:
+        try:
+            line = input(prompt + "\n")
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            print()
+            return 0
+        prompt = later
+        if line.strip() == "quit":
+            return 0
+        if not line.strip():
+            continue
+        for o in handle([line]):
+            _print_outcome(o)
+
+
+def cmd_base(args: argparse.Namespace) -> int:
+    from anygpt.inference import Engine
+
+    bundle = _load_bundle(args)
+    engine = Engine(
+        bundle,
+        args.output_dir,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        instruction=args.instruction,
+    )
+    lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
+    if not lines:
+        return _interactive(engine.run_base, "Please talk with AnyGPT:", "Please input prompts:")
+    outcomes = engine.run_base(lines)
+    for o in outcomes:
+        _print_outcome(o)
+    return 0 if all(o.ok for o in outcomes) else EXIT_ERROR
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from anygpt.inference import ChatSession, Engine, Outcome
+
+    bundle = _load_bundle(args)
+    engine = Engine(
+        bundle, args.output_dir, seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens
+    )
+    session = ChatSession(engine, voice=args.voice)
+
+    def handle(lines: list[str]) -> list[Outcome]:
+        out = []
+        for line in lines:
+            fields = line.split("|")
+            if len(fields) >= 2 and fields[1].strip() == "clear":
+                session.clear()
+                out.append(Outcome(line, text="(conversation cleared)"))
+            else:
+                out.append(session.turn(line))
+        return out
+
+    lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
+    if not lines:
+        return _interactive(handle, "Please talk with AnyGPT chat:", "Please input prompts:")
+    ok = True
+    for line in lines:
+        if line.strip() == "quit":
+            break
+        for o in handle([line]):
+            _print_outcome(o)
+            ok &= o.ok
+    return 0 if ok else EXIT_ERROR
+
+
+def cmd_debug_bundle(args: argparse.Namespace) -> int:
+    from anygpt.debug_bundle import write_debug_bundle
+
+    mods = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    path = write_debug_bundle(
+        args.out_dir,
+        modalities=mods,
+        seed=args.seed,
+        soundstorm=not args.no_soundstorm,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote debug bundle: {path} (random weights: outputs are noise)")
+    return 0
+
+
+def _quiet_transformers(args: argparse.Namespace) -> None:
+    if getattr(args, "verbose", False):
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+COMMANDS = {"base": cmd_base, "chat": cmd_chat, "debug-bundle": cmd_debug_bundle}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched at run time
+    _quiet_transformers(args)
+    from anygpt.checkpoint import CheckpointError
+    from anygpt.modalities.base import ModalityError
+
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except (CheckpointError, ModalityError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Further subcommands (data preparation and training) registered on the ``anygpt`` parser."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommands defined outside :mod:`anygpt.cli`."""

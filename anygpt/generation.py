@@ -1,0 +1,137 @@
+"""Batched LLM generation with modality-span constraints.
+
+Prompts of different lengths are left-padded and generated together.  Inside a modality span the
+next token is restricted by the :class:`~anygpt.layout.TokenLayout`: after ``<sosp>`` only speech
+codes (or ``<eosp>``), images get exactly their fixed number of codes, and music/audio codes come
+strictly in codebook order 0, 1, 2, 3 per frame, so no repair of the code order is ever needed.
+Outside a span, code tokens are not allowed (they mean nothing there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from anygpt.config import DecodingConfig
+from anygpt.layout import TokenLayout
+
+
+class SpanConstraint:
+    """A logits processor (transformers interface) that enforces the layout inside spans."""
+
+    def __init__(self, layout: TokenLayout) -> None:
+        self.layout = layout
+        self.names = list(layout.modalities)
+        self._vocab = -1
+
+    def _prepare(self, vocab: int, device: torch.device) -> None:
+        if vocab == self._vocab:
+            return
+        lay = self.layout
+        tok_vocab = lay.tokenizer.vocab_size
+        self._outside = torch.zeros(vocab, dtype=torch.bool)  # True = banned outside spans
+        if tok_vocab < vocab:
+            self._outside[tok_vocab:] = True
+        if self.names:
+            self._outside[lay.all_code_ids] = True
+        self._start_to_index = torch.full((vocab,), -1, dtype=torch.long)
+        self._is_end = torch.zeros(vocab, dtype=torch.bool)
+        self._masks: dict[tuple[int, int, bool], torch.Tensor] = {}
+        for i, name in enumerate(self.names):
+            self._start_to_index[lay.start_ids[name]] = i
+            self._is_end[lay.end_ids[name]] = True
+        self._outside = self._outside.to(device)
+        self._start_to_index = self._start_to_index.to(device)
+        self._is_end = self._is_end.to(device)
+        self._vocab = vocab
+
+    def _allowed(self, index: int, count: int, device: torch.device) -> torch.Tensor:
+        name = self.names[index]
+        spec = self.layout.spec(name)
+        k = count % spec.num_codebooks
+        fixed_done = (
+            spec.fixed_length is not None and count >= spec.fixed_length * spec.num_codebooks
+        )
+        key = (index, -1 if fixed_done else k, count > 0)
+        if key not in self._masks:
+            ids, end_ok = self.layout.allowed_next(name, count)
+            mask = torch.zeros(self._vocab, dtype=torch.bool)
+            mask[ids] = True
+            if end_ok:
+                mask[self.layout.end_ids[name]] = True
+            self._masks[key] = mask.to(device)
+        return self._masks[key]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch, length = input_ids.shape
+        self._prepare(scores.shape[-1], scores.device)
+        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        starts = torch.where(self._start_to_index[input_ids] >= 0, positions, -1).amax(dim=1)
+        ends = torch.where(self._is_end[input_ids], positions, -1).amax(dim=1)
+        inside = starts > ends
+        banned = self._outside.unsqueeze(0).expand(batch, -1).clone()
+        for row in torch.nonzero(inside).flatten().tolist():
+            start = int(starts[row])
+            index = int(self._start_to_index[input_ids[row, start]])
+            banned[row] = ~self._allowed(index, length - 1 - start, scores.device)
+        return scores.masked_fill(banned, float("-inf"))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists -> (ids [B, L], attention mask [B, L])."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, length - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, length - len(p) :] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    layout: TokenLayout,
+    prompts: Sequence[Sequence[int]],
+    decoding: DecodingConfig,
+    *,
+    stop_ids: Sequence[int],
+    seed: int | None = None,
+    constrain: bool = True,
+) -> list[list[int]]:
+    """Generate continuations for a batch of prompts (token id lists, BOS included).
+
+    Returns the new ids of each prompt, cut before the first stop id.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    pad = layout.tokenizer.pad_id
+    ids, mask = left_pad(prompts, pad)
+    gen_cfg = GenerationConfig(
+        **decoding.generation_kwargs(),
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad,
+        bos_token_id=layout.tokenizer.bos_id,
+        num_return_sequences=1,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    processors = LogitsProcessorList([SpanConstraint(layout)] if constrain else [])
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        generation_config=gen_cfg,
+        logits_processor=processors,
+    )
+    new = out[:, ids.shape[1] :].tolist()
+    stops = set(stop_ids)
+    results = []
+    for row in new:
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        results.append(row[:cut])
+    return results
