@@ -34,7 +34,7 @@ import torch
 
 from anygpt.checkpoint import CheckpointError
 from anygpt.config import DecodingConfig, load_decoding, soundstorm_steps
-from anygpt.layout import ANYGPT_MODALITIES, ModalityTokens, TokenLayout
+from anygpt.layout import ANYGPT_DEFINITIONS, ModalityTokens, TokenLayout, tokenizer_definition
 from anygpt.modalities.base import ModalityError, ModalityTokenizer
 from anygpt.prompts import ChatTemplate, chat_template
 from anygpt.text_tokenizer import TextTokenizer
@@ -107,57 +107,23 @@ class BundleConfig:
         )
 
 
-def upstream_layout(
-    llm_dir: Path,
-    *,
-    speech_tokenizer_path: str = "models/speechtokenizer/ckpt.dev",
-    speech_tokenizer_config: str = "models/speechtokenizer/config.json",
-    soundstorm_path: str = "models/soundstorm/speechtokenizer_soundstorm_mls.pt",
-    image_tokenizer_path: str = "models/seed-tokenizer-2/seed_quantizer.pt",
-    image_vit_path: str = "models/seed-tokenizer-2/eva_vit_g.pth",
-    unclip_path: str = "models/stable-diffusion-2-1-unclip",
-    music_path: str = "models/encodec_32khz",
-    audio_path: str = "models/encodec_24khz",
-) -> BundleConfig:
-    """A bundle config for AnyGPT's released folder layout (paths as its command lines use them)."""
-    cwd = Path.cwd()
+def upstream_layout(llm_dir: Path, files: dict[str, dict[str, str]] | None = None) -> BundleConfig:
+    """A bundle config for AnyGPT's released folder layout.
 
-    def here(p: str) -> str:
-        return str((cwd / p).resolve())
-
-    image, speech, music, audio = ANYGPT_MODALITIES
-    mods = {
-        "image": ModalityEntry(
-            "seed",
-            image,
-            {
-                "quantizer": here(image_tokenizer_path),
-                "vit": here(image_vit_path),
-                "unclip": here(unclip_path),
-            },
-        ),
-        "speech": ModalityEntry(
-            "speechtokenizer",
-            speech,
-            {
-                "config": here(speech_tokenizer_config),
-                "checkpoint": here(speech_tokenizer_path),
-                "soundstorm": here(soundstorm_path),
-            },
-        ),
-        "music": ModalityEntry(
-            "encodec",
-            music,
-            {"model": here(music_path)},
-            {"num_codebooks": 4, "source": "facebook/encodec_32khz"},
-        ),
-        "audio": ModalityEntry(
-            "encodec",
-            audio,
-            {"model": here(audio_path)},
-            {"num_codebooks": 4, "source": "facebook/encodec_24khz"},
-        ),
-    }
+    Modality files default to where AnyGPT's command lines expect them (``tokenizers/*.json``,
+    relative to the working directory); ``files`` overrides them per modality.
+    """
+    mods = {}
+    for definition in ANYGPT_DEFINITIONS:
+        d = tokenizer_definition(definition)
+        paths = {**d["files"], **(files or {}).get(d["modality"], {})}
+        opts = {**d.get("options", {}), "source": d.get("source")}
+        mods[d["modality"]] = ModalityEntry(
+            d["type"],
+            ModalityTokens.from_dict(d["tokens"]),
+            {k: str(Path(v).resolve()) for k, v in paths.items()},
+            opts,
+        )
     return BundleConfig(llm=str(llm_dir.resolve()), modalities=mods, name=llm_dir.name)
 
 

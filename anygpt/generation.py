@@ -70,8 +70,11 @@ class SpanConstraint:
         starts = torch.where(self._start_to_index[input_ids] >= 0, positions, -1).amax(dim=1)
         ends = torch.where(self._is_end[input_ids], positions, -1).amax(dim=1)
         inside = starts > ends
+        rows = torch.nonzero(inside).flatten().tolist()
+        if not rows:  # the common case: one broadcast mask for the whole batch
+            return scores.masked_fill(self._outside, float("-inf"))
         banned = self._outside.unsqueeze(0).expand(batch, -1).clone()
-        for row in torch.nonzero(inside).flatten().tolist():
+        for row in rows:
             start = int(starts[row])
             index = int(self._start_to_index[input_ids[row, start]])
             banned[row] = ~self._allowed(index, length - 1 - start, scores.device)

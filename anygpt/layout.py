@@ -19,11 +19,13 @@ so a missing token drops one frame instead of shifting every later one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from anygpt.paths import tokenizers_dir
 from anygpt.text_tokenizer import TextTokenizer
 
 ROLE_TAGS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
@@ -74,12 +76,25 @@ class ModalityTokens:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def tokenizer_definition(name: str) -> dict:
+    """A modality tokenizer definition from ``tokenizers/{name}.json``."""
+    path = tokenizers_dir() / f"{name}.json"
+    if not path.is_file():
+        raise LayoutError(f"no modality tokenizer definition '{name}' in {tokenizers_dir()}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _tokens(name: str) -> ModalityTokens:
+    return ModalityTokens.from_dict(tokenizer_definition(name)["tokens"])
+
+
 # AnyGPT's four modality blocks, in the order its vocabulary was extended.
-ANYGPT_IMAGE = ModalityTokens("image", "👀", "<soim>", "<eoim>", 8192, 1, fixed_length=32)
-ANYGPT_SPEECH = ModalityTokens("speech", "🗣️", "<sosp>", "<eosp>", 1024, 1)
-ANYGPT_MUSIC = ModalityTokens("music", "🎶", "<somu>", "<eomu>", 2048, 4)
-ANYGPT_AUDIO = ModalityTokens("audio", "👂", "<soau>", "<eoau>", 1024, 4)
+ANYGPT_IMAGE = _tokens("seed")
+ANYGPT_SPEECH = _tokens("speechtokenizer")
+ANYGPT_MUSIC = _tokens("encodec_32khz")
+ANYGPT_AUDIO = _tokens("encodec_24khz")
 ANYGPT_MODALITIES = (ANYGPT_IMAGE, ANYGPT_SPEECH, ANYGPT_MUSIC, ANYGPT_AUDIO)
+ANYGPT_DEFINITIONS = ("seed", "speechtokenizer", "encodec_32khz", "encodec_24khz")
 
 
 @dataclass

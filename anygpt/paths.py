@@ -29,7 +29,11 @@ def models_dir() -> Path:
     return project_root() / "models"
 
 
+def default_nano_path() -> Path:
+    return models_dir() / "anygpt-nano"
+
+
 def default_model() -> Path:
     """The bundle used when ``--model`` is not given: ``$ANYGPT_MODEL`` or the shipped nano bundle."""
     env = os.environ.get(DEFAULT_MODEL_ENV)
-    return Path(env) if env else models_dir() / "anygpt-nano"
+    return Path(env) if env else default_nano_path()

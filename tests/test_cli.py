@@ -1,0 +1,199 @@
+"""The command lines, run as a user runs them (subprocesses) on the debug bundle."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args, stdin=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "anygpt", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=ENV,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def saved(stdout):
+    return [
+        Path(line.split("saved: ", 1)[1])
+        for line in stdout.splitlines()
+        if line.startswith("saved: ")
+    ]
+
+
+def test_help_answers_the_obvious():
+    r = run("--help")
+    assert (
+        r.returncode == 0
+        and "base" in r.stdout
+        and "chat" in r.stdout
+        and "debug-bundle" in r.stdout
+    )
+    r = run("base", "--help")
+    assert "text|speech|TEXT[|VOICE.wav]" in r.stdout and "--model-name-or-path" in r.stdout
+
+
+def test_base_every_pipe_form(debug_bundle, media_dir, tmp_path):
+    out = tmp_path / "out"
+    prompts = [
+        "text|speech|hello world",
+        f"text|speech|hello again|{media_dir / 'stereo48k.wav'}",
+        f"speech|text|{media_dir / 'speech.wav'}",
+        "text|music|calm piano",
+        f"music|text|{media_dir / 'music.wav'}",
+        "text|audio|a dog barks",
+        f"audio|text|{media_dir / 'music.wav'}",
+        "text|speech|a/b\\|c: odd name?",
+    ]
+    image = []
+    if (debug_bundle / "seed").exists():
+        image = ["text|image|a red circle", f"image|text|{media_dir / 'image.jpg'}"]
+    r = run(
+        "base",
+        "--model",
+        str(debug_bundle),
+        "--seed",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--output-dir",
+        str(out),
+        *prompts,
+        *image,
+    )
+    assert r.returncode == 0, r.stderr
+    files = saved(r.stdout)
+    assert len(files) == 5 + (1 if image else 0)
+    assert sum(line.startswith("results: ") for line in r.stdout.splitlines()) == 3 + (
+        1 if image else 0
+    )
+    rates = sorted(sf.info(str(f)).samplerate for f in files if f.suffix == ".wav")
+    assert rates == [16000, 16000, 16000, 24000, 32000]
+    assert all(f.parent == out and f.exists() for f in files)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no partial files left"
+
+
+def test_base_batch_file_and_upstream_flags(debug_bundle, tmp_path):
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("# comment\ntext|speech|one\n\ntext|speech|two\n")
+    r = run(
+        "base",
+        "--model-name-or-path",
+        str(debug_bundle),
+        "--batch",
+        str(batch),
+        "--seed",
+        "1",
+        "--max-new-tokens",
+        "10",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--batch-size",
+        "2",
+        "--speech-tokenizer-config",
+        str(debug_bundle / "speechtokenizer" / "config.json"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(saved(r.stdout)) == 2
+
+
+def test_bad_inputs_give_one_line_errors(debug_bundle, media_dir, tmp_path):
+    out = tmp_path / "bad"
+    bad = {
+        "smell|text|x": "unknown modality 'smell'",
+        "text|image": "expected 'source|target|content'",
+        "speech|music|x.wav": "exactly one side must be text",
+        f"speech|text|{tmp_path / 'missing.wav'}": "not found",
+        f"speech|text|{media_dir / 'empty.wav'}": "empty",
+        f"speech|text|{media_dir / 'corrupt.wav'}": "cannot read audio file",
+        f"speech|text|{media_dir / 'text.wav'}": "cannot read audio file",
+        "text|speech|   ": "content field is empty",
+        "text|speech|" + "long " * 5000: "context",
+    }
+    r = run(
+        "base",
+        "--model",
+        str(debug_bundle),
+        "--max-new-tokens",
+        "4",
+        "--output-dir",
+        str(out),
+        *bad,
+    )
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(bad), r.stderr
+    for line, (_, expected) in zip(errors, bad.items()):
+        assert expected in line
+    assert "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_ugly_audio_is_converted(debug_bundle, media_dir, tmp_path):
+    r = run(
+        "base",
+        "--model",
+        str(debug_bundle),
+        "--max-new-tokens",
+        "4",
+        "--output-dir",
+        str(tmp_path),
+        f"speech|text|{media_dir / 'multi96k.wav'}",
+        f"music|text|{media_dir / 'multi96k.wav'}",
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_interactive_loop_survives_bad_lines(debug_bundle, tmp_path):
+    lines = "nonsense\nsmell|text|x\ntext|speech|hi\nquit\n"
+    r = run(
+        "base",
+        "--model",
+        str(debug_bundle),
+        "--max-new-tokens",
+        "6",
+        "--output-dir",
+        str(tmp_path),
+        stdin=lines,
+    )
+    assert r.returncode == 0
+    assert "Please talk with AnyGPT:" in r.stdout and "Please input prompts:" in r.stdout
+    assert r.stderr.count("error: ") == 2 and len(saved(r.stdout)) == 1
+
+
+def test_chat_one_shot_forms(debug_bundle, media_dir, tmp_path):
+    r = run(
+        "chat",
+        "--model",
+        str(debug_bundle),
+        "--seed",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--output-dir",
+        str(tmp_path),
+        "interleaved|hello there",
+        "just plain text",
+        f"interleaved|what do you hear|speech|||{media_dir / 'speech.wav'}",
+        f"interleaved|describe|music||||{media_dir / 'music.wav'}",
+        "interleaved|clear",
+        f"interleaved||text|{media_dir / 'missing.wav'}||{media_dir / 'missing.wav'}",
+    )
+    assert r.returncode == 1  # the last turn names a missing file
+    responses = [line for line in r.stdout.splitlines() if line.startswith("results: ")]
+    assert len(responses) == 5 and "(conversation cleared)" in responses[-1]
+    assert r.stderr.count("error: ") == 1 and "not found" in r.stderr
+
+
+def test_missing_model_says_what_to_do(tmp_path):
+    r = run("base", "--model", str(tmp_path / "nope"), "text|speech|hi")
+    assert r.returncode == 1 and "debug-bundle" in r.stderr and "Traceback" not in r.stderr
