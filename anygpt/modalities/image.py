@@ -68,7 +68,14 @@ class SeedModality(ModalityTokenizer):
     @property
     def decoder(self) -> Any:
         if self._decoder is None:
+            import logging
+
+            from diffusers.utils import logging as df_logging
+
             from anygpt.models.unclip import UnclipDecoder
+
+            if not logging.getLogger("anygpt").isEnabledFor(logging.INFO):
+                df_logging.disable_progress_bar()  # no per-step bars unless --verbose
 
             folder = self.files.get("unclip")
             if folder is None or not Path(folder).is_dir():
