@@ -114,6 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
+    r = sub.add_parser(
+        "reconstruct",
+        help="encode media files to codes and decode them back (codec check)",
+        description="Round trip media through a modality tokenizer of a bundle: "
+        "file -> codes -> file. Prints the code shape of each file.",
+    )
+    r.add_argument("files", nargs="+", help="media files")
+    r.add_argument("--modality", required=True, help="speech, music, audio or image")
+    r.add_argument(
+        "--model", "--model-name-or-path", dest="model", default=None, help="bundle folder"
+    )
+    r.add_argument("--output-dir", default="infer_output/reconstruct")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    r.add_argument("--seed", type=int, default=None)
+    for flag in (
+        "--speech-tokenizer-path",
+        "--speech-tokenizer-config",
+        "--soundstorm-path",
+        "--image-tokenizer-path",
+    ):
+        r.add_argument(flag, help=argparse.SUPPRESS)
+
     from anygpt import commands
 
     commands.register(sub)
@@ -271,7 +294,36 @@ def _quiet_transformers(args: argparse.Namespace) -> None:
         pass
 
 
-COMMANDS = {"base": cmd_base, "chat": cmd_chat, "debug-bundle": cmd_debug_bundle}
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from anygpt.inference import REQUEST_ERRORS, Engine
+
+    bundle = _load_bundle(args)
+    engine = Engine(bundle, args.output_dir, seed=args.seed)
+    tok = bundle.modality(args.modality)
+    ok = True
+    for f in args.files:
+        try:
+            codes = tok.encode([tok.load(f)])
+            layers = codes.codes.shape[1]
+            print(f"codes: {f}: {layers} x {int(codes.lengths[0])}")
+            ids = bundle.layout.segment_ids(args.modality, codes.unbatch()[0])
+            files, notes = engine.decode_segments(
+                args.modality, [ids[1:-1]], Path(f).stem, seed=engine._next_seed()
+            )
+            for p in files:
+                print(f"saved: {p}")
+        except REQUEST_ERRORS as exc:
+            ok = False
+            print(f"error: {exc}  [{f}]", file=sys.stderr)
+    return 0 if ok else EXIT_ERROR
+
+
+COMMANDS = {
+    "base": cmd_base,
+    "chat": cmd_chat,
+    "debug-bundle": cmd_debug_bundle,
+    "reconstruct": cmd_reconstruct,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,5 +44,6 @@ def media_dir(tmp_path_factory) -> Path:
 
     Image.fromarray((rng.random((40, 60, 3)) * 255).astype("uint8")).save(d / "image.jpg")
     Image.new("CMYK", (30, 20), (10, 200, 30, 0)).save(d / "cmyk.jpg")
+    Image.new("P", (20000, 3)).save(d / "huge.png")  # 20000 px wide, palette mode
     (d / "truncated.jpg").write_bytes((d / "image.jpg").read_bytes()[:200])
     return d

@@ -118,6 +118,8 @@ def test_bad_inputs_give_one_line_errors(debug_bundle, media_dir, tmp_path):
         f"speech|text|{media_dir / 'text.wav'}": "cannot read audio file",
         "text|speech|   ": "content field is empty",
         "text|speech|" + "long " * 5000: "context",
+        f"image|text|{media_dir / 'truncated.jpg'}": "image",
+        f"image|text|{media_dir / 'corrupt.wav'}": "image",
     }
     r = run(
         "base",
@@ -197,3 +199,37 @@ def test_chat_one_shot_forms(debug_bundle, media_dir, tmp_path):
 def test_missing_model_says_what_to_do(tmp_path):
     r = run("base", "--model", str(tmp_path / "nope"), "text|speech|hi")
     assert r.returncode == 1 and "debug-bundle" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_units_bundle_round_trip_through_cli(tmp_path, media_dir):
+    bundle = tmp_path / "units"
+    r = run("debug-bundle", str(bundle), "--modalities", "units")
+    assert r.returncode == 0, r.stderr
+    r = run(
+        "reconstruct",
+        "--model",
+        str(bundle),
+        "--modality",
+        "speech",
+        "--output-dir",
+        str(tmp_path / "o"),
+        str(media_dir / "stereo48k.wav"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert " 1 x 49" in r.stdout  # 1 s at 50 units/s: HuBERT's 400-sample window gives 49
+    (wav,) = saved(r.stdout)
+    info = sf.info(str(wav))
+    assert info.samplerate == 16000 and info.frames == 49 * 320
+    r = run(
+        "base",
+        "--model",
+        str(bundle),
+        "--max-new-tokens",
+        "8",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "text|speech|hi",
+        f"speech|text|{media_dir / 'speech.wav'}",
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(saved(r.stdout)) == 1 and "results: " in r.stdout
