@@ -7,3 +7,6 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommands defined outside :mod:`anygpt.cli`."""
+    from anygpt.train.cli import register as register_training
+
+    register_training(sub)  # tokenize, extend-vocab, pretrain, sft
