@@ -81,6 +81,31 @@ class SpanConstraint:
         return scores.masked_fill(banned, float("-inf"))
 
 
+class TextStop:
+    """Stops a row once its decoded tail ends with one of ``texts`` (for end markers that are
+    plain text rather than one token, such as ``<eom>`` of AnyGPT's SFT template)."""
+
+    def __init__(
+        self, tokenizer, texts: Sequence[str], prompt_length: int, window: int = 12
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.texts = tuple(texts)
+        self.prompt_length = prompt_length
+        self.window = window
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_
+    ) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if input_ids.shape[1] <= self.prompt_length:
+            return done
+        tail = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
+        for row, ids in enumerate(tail):
+            text = self.tokenizer.decode(ids)
+            done[row] = any(text.endswith(t) for t in self.texts)
+        return done
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists -> (ids [B, L], attention mask [B, L])."""
     length = max(len(p) for p in prompts)
@@ -103,12 +128,14 @@ def generate(
     stop_ids: Sequence[int],
     seed: int | None = None,
     constrain: bool = True,
+    stop_texts: Sequence[str] = (),
 ) -> list[list[int]]:
     """Generate continuations for a batch of prompts (token id lists, BOS included).
 
-    Returns the new ids of each prompt, cut before the first stop id.
+    Returns the new ids of each prompt, cut before the first stop id.  ``stop_texts`` also end a
+    row (they stay in the returned ids; callers cut them from the text).
     """
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     if not prompts:
         return []
@@ -125,11 +152,15 @@ def generate(
     if seed is not None:
         torch.manual_seed(seed)
     processors = LogitsProcessorList([SpanConstraint(layout)] if constrain else [])
+    criteria = StoppingCriteriaList(
+        [TextStop(layout.tokenizer, stop_texts, ids.shape[1])] if stop_texts else []
+    )
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         generation_config=gen_cfg,
         logits_processor=processors,
+        stopping_criteria=criteria,
     )
     new = out[:, ids.shape[1] :].tolist()
     stops = set(stop_ids)

@@ -147,10 +147,17 @@ class TextTokenizer:
         return token in self.added or token in self._special
 
     # ------------------------------------------------------------------ encode / decode
+    def split_added(self, text: str) -> list[tuple[str, bool]]:
+        """``text`` cut into ``(piece, is_token)`` runs at added tokens and special strings.
+
+        Each non-token piece is what SentencePiece encodes on its own (see the module docstring).
+        """
+        return self._trie.split(text)
+
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Ids for ``text`` exactly as AnyGPT's training saw them (BOS first by default)."""
         ids = [self.bos_id] if add_bos else []
-        for piece, is_token in self._trie.split(text):
+        for piece, is_token in self.split_added(text):
             if is_token:
                 ids.append(self.added.get(piece, self._special.get(piece)))
             else:

@@ -110,3 +110,14 @@ def test_decoding_configs_keep_anygpt_values():
     assert (music.top_k, music.max_new_tokens, music.repetition_penalty) == (200, 2000, 1.15)
     assert load_decoding("image", chat=False).max_new_tokens == 200
     assert speech.generation_kwargs()["min_new_tokens"] == 0  # inactive, as in AnyGPT
+
+
+def test_text_stop_ends_rows_on_plain_text_markers(bundle):
+    from anygpt.generation import TextStop
+
+    tok = bundle.tokenizer
+    prompt = tok.encode("[Human]: hi<eoh> [AnyGPT]:")
+    done = tok.encode("[Human]: hi<eoh> [AnyGPT]: fine<eom>")
+    stop = TextStop(tok, ["<eom>"], len(prompt))
+    ids = torch.tensor([done, done[:-2] + [tok.encode("xy", add_bos=False)[-1]] * 2])
+    assert stop(ids, None).tolist() == [True, False]

@@ -58,7 +58,7 @@ def encode_with_loss(
     loss: list[bool] = [False] if add_bos else []
     char = 0
     # The same cut as TextTokenizer.encode: added tokens (and <s>, </s>, <unk>) first.
-    for piece, is_token in tokenizer._trie.split(text):
+    for piece, is_token in tokenizer.split_added(text):
         start = offsets[char]
         if is_token:
             ids.append(tokenizer.token_to_id(piece))
