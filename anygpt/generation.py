@@ -63,22 +63,39 @@ class SpanConstraint:
             self._masks[key] = mask.to(device)
         return self._masks[key]
 
+    def _span_state(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the last start tag and last end tag per row (-1: none).
+
+        Without beam search rows never reorder, so after the first call only the newest token is
+        looked at; otherwise the whole sequence is scanned.
+        """
+        batch, length = input_ids.shape
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache[0] == batch and cache[1] == length - 1 and cache[4].equal(input_ids[:, -2]):
+            starts, ends = cache[2], cache[3]
+            last = input_ids[:, -1]
+            starts = torch.where(self._start_to_index[last] >= 0, length - 1, starts)
+            ends = torch.where(self._is_end[last], length - 1, ends)
+        else:
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+            starts = torch.where(self._start_to_index[input_ids] >= 0, positions, -1).amax(dim=1)
+            ends = torch.where(self._is_end[input_ids], positions, -1).amax(dim=1)
+        self._cache = (batch, length, starts, ends, input_ids[:, -1].clone())
+        return starts, ends
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         batch, length = input_ids.shape
         self._prepare(scores.shape[-1], scores.device)
-        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
-        starts = torch.where(self._start_to_index[input_ids] >= 0, positions, -1).amax(dim=1)
-        ends = torch.where(self._is_end[input_ids], positions, -1).amax(dim=1)
-        inside = starts > ends
-        rows = torch.nonzero(inside).flatten().tolist()
+        starts, ends = self._span_state(input_ids)
+        rows = torch.nonzero(starts > ends).flatten().tolist()
         if not rows:  # the common case: one broadcast mask for the whole batch
-            return scores.masked_fill(self._outside, float("-inf"))
+            return scores.masked_fill_(self._outside, float("-inf"))
         banned = self._outside.unsqueeze(0).expand(batch, -1).clone()
         for row in rows:
             start = int(starts[row])
             index = int(self._start_to_index[input_ids[row, start]])
             banned[row] = ~self._allowed(index, length - 1 - start, scores.device)
-        return scores.masked_fill(banned, float("-inf"))
+        return scores.masked_fill_(banned, float("-inf"))
 
 
 class TextStop:
