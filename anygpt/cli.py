@@ -137,6 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         r.add_argument(flag, help=argparse.SUPPRESS)
 
+    h = sub.add_parser(
+        "convert-hubert",
+        help="convert a fairseq HuBERT checkpoint to a Hugging Face folder",
+        description="fairseq HuBERT .pt -> Hugging Face HubertModel folder (config.json + "
+        "model.safetensors) for the speech-units tokenizer.",
+    )
+    h.add_argument("checkpoint", help="fairseq checkpoint, e.g. mhubert_base_vp_en_es_fr_it3.pt")
+    h.add_argument("out_dir")
+    h.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow reading a checkpoint whose config is pickled (only for files you trust)",
+    )
+    k = sub.add_parser(
+        "convert-kmeans",
+        help="convert a pickled k-means model to centroids.safetensors",
+        description="Reads the cluster centres of a pickled scikit-learn KMeans (e.g. "
+        "mhubert_base_vp_en_es_fr_it3_L11_km1000.bin). This unpickles the file "
+        "(through a restricted unpickler that rebuilds only arrays), so it runs "
+        "only with --trust: use it on files you trust.",
+    )
+    k.add_argument("kmeans_file")
+    k.add_argument("out_file", help="e.g. models/mhubert/centroids.safetensors")
+    k.add_argument("--trust", action="store_true", help="I trust this file; unpickle it")
+
     from anygpt import commands
 
     commands.register(sub)
@@ -318,7 +343,25 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_ERROR
 
 
+def cmd_convert_hubert(args: argparse.Namespace) -> int:
+    from anygpt.models.hubert_units import convert_fairseq_hubert
+
+    out = convert_fairseq_hubert(args.checkpoint, args.out_dir, trust_pickle=args.trust_pickle)
+    print(f"wrote: {out}")
+    return 0
+
+
+def cmd_convert_kmeans(args: argparse.Namespace) -> int:
+    from anygpt.models.hubert_units import convert_kmeans
+
+    out = convert_kmeans(args.kmeans_file, args.out_file, trust=args.trust)
+    print(f"wrote: {out}")
+    return 0
+
+
 COMMANDS = {
+    "convert-hubert": cmd_convert_hubert,
+    "convert-kmeans": cmd_convert_kmeans,
     "base": cmd_base,
     "chat": cmd_chat,
     "debug-bundle": cmd_debug_bundle,
@@ -343,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     from anygpt.modalities.base import ModalityError
 
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
     try:
         return handler(args)
     except (CheckpointError, ModalityError, FileExistsError, FileNotFoundError, ValueError) as exc:
