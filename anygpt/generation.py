@@ -41,6 +41,10 @@ class SpanConstraint:
         for i, name in enumerate(self.names):
             self._start_to_index[lay.start_ids[name]] = i
             self._is_end[lay.end_ids[name]] = True
+        # a turn boundary closes any span left open (e.g. a reply cut off in the history)
+        for tag in ("[Human]", "[MMGPT]", "<eoh>", "<eos>"):
+            if lay.tokenizer.has_token(tag):
+                self._is_end[lay.tokenizer.token_to_id(tag)] = True
         self._outside = self._outside.to(device)
         self._start_to_index = self._start_to_index.to(device)
         self._is_end = self._is_end.to(device)
@@ -71,7 +75,12 @@ class SpanConstraint:
         """
         batch, length = input_ids.shape
         cache = getattr(self, "_cache", None)
-        if cache is not None and cache[0] == batch and cache[1] == length - 1 and cache[4].equal(input_ids[:, -2]):
+        if (
+            cache is not None
+            and cache[0] == batch
+            and cache[1] == length - 1
+            and cache[4].equal(input_ids[:, -2])
+        ):
             starts, ends = cache[2], cache[3]
             last = input_ids[:, -1]
             starts = torch.where(self._start_to_index[last] >= 0, length - 1, starts)

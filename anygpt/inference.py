@@ -483,15 +483,19 @@ class ChatSession:
                 seed=eng._next_seed(),
             )[0]
             reply = eng.tokenizer.decode(new).strip()
-            self.conversation.add_assistant(reply)
+            self.conversation.add_assistant(close_open_span(reply, eng.layout))
             by_mod: dict[str, list[list[int]]] = defaultdict(list)
             for seg in eng.layout.find_segments(new):
                 by_mod[seg.modality].append(seg.body)
             for modality, bodies in by_mod.items():
                 voice = (req.voice_prompt or self.voice) if modality == "speech" else None
-                files, notes = eng.decode_segments(
-                    modality, bodies, req.text or "reply", voice or None, seed=eng._next_seed()
-                )
+                try:
+                    files, notes = eng.decode_segments(
+                        modality, bodies, req.text or "reply", voice or None, seed=eng._next_seed()
+                    )
+                except ModalityError as exc:  # the text reply stands; say what was not decoded
+                    outcome.notes.append(f"{modality} not decoded: {exc}")
+                    continue
                 outcome.files += files
                 outcome.notes += notes
             outcome.text = display_text(reply, eng.layout)
@@ -499,6 +503,14 @@ class ChatSession:
             self.conversation.messages[:] = saved
             outcome.error = str(exc)
         return outcome
+
+
+def close_open_span(reply: str, layout) -> str:
+    """Append the end tag of a modality span the reply left open (kept that way in the history)."""
+    segs = layout.find_segments(layout.tokenizer.encode(reply, add_bos=False))
+    if segs and segs[-1].end is None:
+        return reply + layout.spec(segs[-1].modality).end_tag
+    return reply
 
 
 def display_text(reply: str, layout) -> str:
