@@ -276,22 +276,21 @@ class Engine:
             if req.source != "text":
                 by_modality[req.source].append(i)
         for modality, idx in by_modality.items():
-            ok = []
+            tok = self.bundle.modality(modality)
+            loaded: dict[int, Any] = {}
             for i in idx:  # load one by one so one bad file fails only its own request
                 try:
-                    self.bundle.modality(modality).load(requests[i].content)
-                    ok.append(i)
+                    loaded[i] = tok.load(requests[i].content)
                 except REQUEST_ERRORS as exc:
                     outcomes[i].error = str(exc)
-            if not ok:
+            if not loaded:
                 continue
             try:
-                for i, seg in zip(
-                    ok, self.encode_media(modality, [requests[i].content for i in ok]), strict=True
-                ):
-                    segments[i] = seg
+                codes = tok.encode(list(loaded.values())).unbatch()
+                for i, c in zip(loaded, codes, strict=True):
+                    segments[i] = self.layout.segment_text(modality, c)
             except REQUEST_ERRORS as exc:
-                for i in ok:
+                for i in loaded:
                     outcomes[i].error = str(exc)
         # prompts
         prompts: dict[int, list[int]] = {}
