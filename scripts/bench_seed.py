@@ -37,6 +37,16 @@ from anygpt.models.seed import SEED_OFFICIAL, SEED_TINY, build_seed, preprocess_
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    """Print (measurement, result, notes) rows as an aligned table."""
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print(f"{'measurement':<{w0}}  {'result':<{w1}}  notes")
+    print(f"{'-' * w0}  {'-' * w1}  -----")
+    for a, b, c in rows:
+        print(f"{a:<{w0}}  {b:<{w1}}  {c}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -202,12 +212,7 @@ def official_unclip_random(steps: int, repeats: int = 2) -> None:
         f"random weights, fp32 on CPU, torch threads {torch.get_num_threads()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}"
     )
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    print(f"{'measurement':<{w0}}  {'result':<{w1}}  notes")
-    print(f"{'-' * w0}  {'-' * w1}  -----")
-    for a, b, c in rows:
-        print(f"{a:<{w0}}  {b:<{w1}}  {c}")
+    print_table(rows)
 
 
 def main() -> None:
@@ -330,12 +335,7 @@ def main() -> None:
         f"{torch.get_num_threads()}; 1-min load average {load_before:.1f} -> {load_after:.1f} "
         f"on {os.cpu_count()} CPUs (above the CPU count, other work competed for the CPUs)"
     )
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    print(f"{'measurement':<{w0}}  {'result':<{w1}}  notes")
-    print(f"{'-' * w0}  {'-' * w1}  -----")
-    for a, b, c in rows:
-        print(f"{a:<{w0}}  {b:<{w1}}  {c}")
+    print_table(rows)
 
 
 if __name__ == "__main__":
