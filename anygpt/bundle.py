@@ -33,41 +33,18 @@ from typing import Any
 import torch
 
 from anygpt.checkpoint import CheckpointError
-from anygpt.config import DecodingConfig, load_decoding, soundstorm_steps
+from anygpt.config import DecodingConfig, load_decoding
 from anygpt.layout import ANYGPT_DEFINITIONS, ModalityTokens, TokenLayout, tokenizer_definition
+from anygpt.modalities import registry
 from anygpt.modalities.base import ModalityError, ModalityTokenizer
+from anygpt.modalities.registry import ModalityEntry
+
+__all__ = ["Bundle", "BundleConfig", "ModalityEntry", "upstream_layout"]
 from anygpt.prompts import ChatTemplate, chat_template
 from anygpt.text_tokenizer import TextTokenizer
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "anygpt-bundle"
-
-
-@dataclass
-class ModalityEntry:
-    """One modality of a bundle: its tokenizer type, files (relative to the bundle) and tokens."""
-
-    type: str
-    tokens: ModalityTokens
-    files: dict[str, str] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "type": self.type,
-            "tokens": self.tokens.to_dict(),
-            "files": dict(self.files),
-            "options": dict(self.options),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModalityEntry:
-        return cls(
-            d["type"],
-            ModalityTokens.from_dict(d["tokens"]),
-            dict(d.get("files", {})),
-            dict(d.get("options", {})),
-        )
 
 
 @dataclass
@@ -158,6 +135,7 @@ class Bundle:
         self._layout: TokenLayout | None = None
         self._llm: Any = None
         self._modalities: dict[str, ModalityTokenizer] = {}
+        self._checked: set[str] = set()
 
     @staticmethod
     def read_config(root: Path) -> BundleConfig:
@@ -242,51 +220,28 @@ class Bundle:
         return self._llm
 
     # ------------------------------------------------------------------ modalities
-    def modality(self, name: str) -> ModalityTokenizer:
-        """The tokenizer of a modality (built on first use; its models load on first encode/decode)."""
+    def modality(self, name: str, *, checked: bool = False) -> ModalityTokenizer:
+        """The tokenizer of a modality (built on first use; its models load on first encode/decode).
+
+        ``checked=True`` also verifies, once, that the tokenizer's codebooks fit the bundle's token
+        definition (this may load the tokenizer's model, so callers ask for it just before use).
+        """
         if name not in self._modalities:
             if name not in self.config.modalities:
                 raise ModalityError(
                     f"this model has no '{name}' modality (it has: {', '.join(self.config.modalities) or 'none'})"
                 )
             self._modalities[name] = make_modality(name, self.config.modalities[name], self)
-        return self._modalities[name]
+        adapter = self._modalities[name]
+        if checked and name not in self._checked:
+            registry.check_declared(adapter, self.config.modalities[name], name)
+            self._checked.add(name)
+        return adapter
 
 
 def make_modality(name: str, entry: ModalityEntry, bundle: Bundle) -> ModalityTokenizer:
     """Instantiate the modality tokenizer for a bundle entry (no weights are read here)."""
     files = {k: bundle.path(v) for k, v in entry.files.items()}
-    opts = dict(entry.options)
-    device = bundle.device
-    if entry.type == "speechtokenizer":
-        from anygpt.modalities.speech import SpeechTokenizerModality
-
-        return SpeechTokenizerModality(
-            files["config"],
-            files["checkpoint"],
-            soundstorm_path=files.get("soundstorm"),
-            soundstorm_config=files.get("soundstorm_config"),
-            soundstorm_steps=int(
-                opts.get("soundstorm_steps", soundstorm_steps(bundle.decoding_dir))
-            ),
-            device=device,
-        )
-    if entry.type == "encodec":
-        from anygpt.modalities.encodec import EncodecModality
-
-        return EncodecModality(
-            name,
-            files["model"],
-            num_codebooks=int(opts.get("num_codebooks", 4)),
-            device=device,
-            source=opts.get("source"),
-        )
-    if entry.type == "seed":
-        from anygpt.modalities.image import SeedModality
-
-        return SeedModality(files, options=opts, device=device)
-    if entry.type == "units":
-        from anygpt.modalities.units import UnitsModality
-
-        return UnitsModality(files, options=opts, device=device)
-    raise ModalityError(f"unknown modality tokenizer type '{entry.type}' for '{name}'")
+    return registry.build(
+        name, entry, files, device=bundle.device, decoding_dir=bundle.decoding_dir
+    )

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--modalities",
         default="speech,music,audio,image",
-        help="comma-separated (default speech,music,audio,image; 'units' replaces speech)",
+        help="comma-separated modalities (AnyGPT's image, speech, music, audio), tokenizer "
+        "definitions of tokenizers/ or family types (e.g. 'units', 'vq-image'); one per modality",
     )
     d.add_argument(
         "--no-soundstorm", action="store_true", help="leave SoundStorm out of the speech modality"
@@ -183,17 +184,40 @@ def _load_bundle(args: argparse.Namespace):
         )
         write_debug_bundle(root, seed=0)
     bundle = Bundle(root, device=args.device, dtype=args.dtype)
-    mods = bundle.config.modalities
-    overrides = {
-        ("speech", "checkpoint"): args.speech_tokenizer_path,
-        ("speech", "config"): args.speech_tokenizer_config,
-        ("speech", "soundstorm"): args.soundstorm_path,
-        ("image", "quantizer"): args.image_tokenizer_path,
-    }
-    for (mod, key), value in overrides.items():
-        if value and mod in mods:
-            mods[mod].files[key] = str(Path(value).resolve())
+    apply_file_overrides(
+        bundle,
+        {
+            "speech": {
+                None: args.speech_tokenizer_path,
+                "config": args.speech_tokenizer_config,
+                "soundstorm": args.soundstorm_path,
+            },
+            "image": {None: args.image_tokenizer_path},
+        },
+    )
     return bundle
+
+
+def apply_file_overrides(bundle, overrides: dict[str, dict[str | None, str | None]]) -> None:
+    """Point modality files at the paths given on the command line.
+
+    The key ``None`` stands for the family's main weights file (SEED's quantizer, SpeechTokenizer's
+    checkpoint, the model folder of other families); a bundle's ready-made model folder then
+    gives way, so the file the user named is the one that is read.
+    """
+    from anygpt.modalities.registry import family
+
+    for modality, files in overrides.items():
+        entry = bundle.config.modalities.get(modality)
+        if entry is None:
+            continue
+        for key, value in files.items():
+            if not value:
+                continue
+            key = key or family(entry.type).weights_file
+            entry.files[key] = str(Path(value).resolve())
+            if key != "model":
+                entry.files.pop("model", None)
 
 
 def _read_batch(path: str) -> list[str]:
@@ -207,7 +231,13 @@ def _read_batch(path: str) -> list[str]:
     return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _print_outcome(o) -> None:
+def _print_outcome(o, sink=None) -> None:
+    """Write an outcome's media through ``sink`` (a failure becomes its error line), then print it."""
+    if sink is not None and o.ok and o.media and not o.files:
+        try:
+            sink.write(o)
+        except OSError as exc:
+            o.error = f"cannot write the {o.media[0].modality} output: {exc}"
     if o.error:
         print(f"error: {o.error}  [{o.request[:80]}]", file=sys.stderr)
         return
@@ -219,7 +249,7 @@ def _print_outcome(o) -> None:
         print(f"saved: {f}")
 
 
-def _interactive(handle, first: str, later: str) -> int:
+def _interactive(handle, first: str, later: str, sink=None) -> int:
     prompt = first
     while True:
         try:
@@ -235,16 +265,17 @@ def _interactive(handle, first: str, later: str) -> int:
         if not line.strip():
             continue
         for o in handle([line]):
-            _print_outcome(o)
+            _print_outcome(o, sink)
 
 
 def cmd_base(args: argparse.Namespace) -> int:
-    from anygpt.inference import Engine
+    from anygpt.runtime.engine import Engine
+    from anygpt.runtime.media import FileSink
 
     bundle = _load_bundle(args)
+    sink = FileSink(args.output_dir)
     engine = Engine(
         bundle,
-        args.output_dir,
         seed=args.seed,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
@@ -252,20 +283,22 @@ def cmd_base(args: argparse.Namespace) -> int:
     )
     lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
     if not lines:
-        return _interactive(engine.run_base, "Please talk with AnyGPT:", "Please input prompts:")
-    outcomes = engine.run_base(lines)
-    for o in outcomes:
-        _print_outcome(o)
+        return _interactive(
+            engine.run_base, "Please talk with AnyGPT:", "Please input prompts:", sink
+        )
+    # each result is written and printed as soon as it is done
+    outcomes = engine.run_base(lines, on_outcome=lambda o: _print_outcome(o, sink))
     return 0 if all(o.ok for o in outcomes) else EXIT_ERROR
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from anygpt.inference import ChatSession, Engine, Outcome
+    from anygpt.runtime.chat import ChatSession
+    from anygpt.runtime.engine import Engine, Outcome
+    from anygpt.runtime.media import FileSink
 
     bundle = _load_bundle(args)
-    engine = Engine(
-        bundle, args.output_dir, seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens
-    )
+    sink = FileSink(args.output_dir)
+    engine = Engine(bundle, seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens)
     session = ChatSession(engine, voice=args.voice)
 
     def handle(lines: list[str]) -> list[Outcome]:
@@ -281,13 +314,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
     if not lines:
-        return _interactive(handle, "Please talk with AnyGPT chat:", "Please input prompts:")
+        return _interactive(handle, "Please talk with AnyGPT chat:", "Please input prompts:", sink)
     ok = True
     for line in lines:
         if line.strip() == "quit":
             break
         for o in handle([line]):
-            _print_outcome(o)
+            _print_outcome(o, sink)
             ok &= o.ok
     return 0 if ok else EXIT_ERROR
 
@@ -320,10 +353,13 @@ def _quiet_transformers(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from anygpt.inference import REQUEST_ERRORS, Engine
+    from anygpt.runtime.engine import Engine, Outcome
+    from anygpt.runtime.media import FileSink
+    from anygpt.runtime.requests import REQUEST_ERRORS
 
     bundle = _load_bundle(args)
-    engine = Engine(bundle, args.output_dir, seed=args.seed)
+    engine = Engine(bundle, seed=args.seed)
+    sink = FileSink(args.output_dir)
     tok = bundle.modality(args.modality)
     ok = True
     for f in args.files:
@@ -332,10 +368,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             layers = codes.codes.shape[1]
             print(f"codes: {f}: {layers} x {int(codes.lengths[0])}")
             ids = bundle.layout.segment_ids(args.modality, codes.unbatch()[0])
-            files, notes = engine.decode_segments(
-                args.modality, [ids[1:-1]], Path(f).stem, seed=engine._next_seed()
+            media, _ = engine.decode_media(
+                args.modality, [ids[1:-1]], Path(f).stem, seed=engine.next_seed()
             )
-            for p in files:
+            for p in sink.write(Outcome(f, media=media)):
                 print(f"saved: {p}")
         except REQUEST_ERRORS as exc:
             ok = False

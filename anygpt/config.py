@@ -75,7 +75,8 @@ class DecodingConfig:
 
 
 def decoding_file(output_modality: str | None, chat: bool) -> str:
-    if output_modality in ("image", "speech", "music", "audio"):
+    """The text config's file name, or ``{modality}_generate_config.json`` for a media output."""
+    if output_modality and output_modality != "text":
         return f"{output_modality}_generate_config.json"
     return "generate_config.json" if chat else "text_generate_config.json"
 
@@ -83,12 +84,18 @@ def decoding_file(output_modality: str | None, chat: bool) -> str:
 def load_decoding(
     output_modality: str | None, chat: bool, directory: Path | None = None
 ) -> DecodingConfig:
-    """The decoding config for an output modality, from ``directory`` or the project's ``config/``."""
-    name = decoding_file(output_modality, chat)
-    for d in (directory, config_dir()):
-        if d is not None and (Path(d) / name).is_file():
-            return DecodingConfig.from_file(Path(d) / name)
-    raise FileNotFoundError(f"decoding config {name} not found in {directory or config_dir()}")
+    """The decoding config for an output modality, from ``directory`` or the project's ``config/``.
+
+    A modality without a config file of its own is decoded with the text settings.
+    """
+    names = [decoding_file(output_modality, chat)]
+    if names[0] != decoding_file(None, chat):
+        names.append(decoding_file(None, chat))
+    for name in names:
+        for d in (directory, config_dir()):
+            if d is not None and (Path(d) / name).is_file():
+                return DecodingConfig.from_file(Path(d) / name)
+    raise FileNotFoundError(f"decoding config {names[0]} not found in {directory or config_dir()}")
 
 
 def soundstorm_steps(directory: Path | None = None) -> int:

@@ -2,143 +2,61 @@
 
 A debug bundle exercises every code path (tokenization, generation, every codec, file output) in a
 few seconds on a CPU.  Its outputs are noise: the weights are random.
+
+What goes in is named per modality: a modality of AnyGPT (``image``, ``speech``, ``music``,
+``audio``: a tiny model shaped like AnyGPT's tokenizer for it), a tokenizer definition of
+``tokenizers/`` (``mhubert_units``), or a family type of the registry (``units``, ``vq-image``, ...).
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import shutil
 from pathlib import Path
 
 import torch
 
-from anygpt.bundle import BundleConfig, ModalityEntry
-from anygpt.layout import (
-    ANYGPT_AUDIO,
-    ANYGPT_IMAGE,
-    ANYGPT_MUSIC,
-    ANYGPT_SPEECH,
-    extended_vocabulary,
-)
+from anygpt.bundle import BundleConfig
+from anygpt.layout import ANYGPT_DEFINITIONS, extended_vocabulary, tokenizer_definition
+from anygpt.modalities.registry import Family, ModalityEntry, families
 from anygpt.paths import tokenizers_dir
 from anygpt.text_tokenizer import TextTokenizer
 
 DEBUG_SPM = "debug-spm.model"
-ALL_MODALITIES = ("speech", "music", "audio", "image")
 
 
-def tiny_speechtokenizer_config() -> dict:
-    """SpeechTokenizer at toy width: same strides (hop 320), 8 RVQ layers of 1024 codes."""
-    return {
-        "n_filters": 4,
-        "strides": [8, 5, 4, 2],
-        "dimension": 32,
-        "semantic_dimension": 32,
-        "bidirectional": True,
-        "dilation_base": 2,
-        "residual_kernel_size": 3,
-        "n_residual_layers": 1,
-        "lstm_layers": 1,
-        "activation": "Snake",
-        "codebook_size": 1024,
-        "n_q": 8,
-        "sample_rate": 16000,
-        "sampling_rate": 16000,
-    }
+def anygpt_definitions() -> dict[str, dict]:
+    """AnyGPT's tokenizer definitions by modality, in its order of vocabulary extension."""
+    return {d["modality"]: d for d in map(tokenizer_definition, ANYGPT_DEFINITIONS)}
 
 
-def _fill_codebooks(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Random codebooks (new RVQ codebooks are all zeros, which gives one code for everything)."""
-    for name, buf in module.named_buffers():
-        if name.endswith(".embed") or name.endswith("embed_avg"):
-            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.5)
-        elif name.endswith("inited"):
-            buf.fill_(1)
-        elif name.endswith("cluster_size"):
-            buf.fill_(1)
+DEFAULT_MODALITIES = tuple(anygpt_definitions())
 
 
-def _write_speech(root: Path, gen: torch.Generator, with_soundstorm: bool) -> ModalityEntry:
-    from anygpt.modalities.speech import build_speechtokenizer
-
-    d = root / "speechtokenizer"
-    d.mkdir(parents=True)
-    cfg = tiny_speechtokenizer_config()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    model = build_speechtokenizer(cfg)
-    with torch.no_grad():
-        _fill_codebooks(model, gen)
-    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    # the released file is a plain torch state dict named ckpt.dev; keep that layout
-    torch.save(model.state_dict(), d / "ckpt.dev")
-    files = {"config": "speechtokenizer/config.json", "checkpoint": "speechtokenizer/ckpt.dev"}
-    if with_soundstorm:
-        files.update(_write_soundstorm(root, gen))
-    return ModalityEntry("speechtokenizer", ANYGPT_SPEECH, files)
+def resolve(name: str) -> tuple[Family, dict | None]:
+    """A requested modality -> (its family, the tokenizer definition to imitate, if any)."""
+    known = families()
+    anygpt = anygpt_definitions()
+    if name in anygpt:
+        d = anygpt[name]
+        return known[d["type"]], d
+    if (tokenizers_dir() / f"{name}.json").is_file():
+        d = tokenizer_definition(name)
+        return known[d["type"]], d
+    if name in known:
+        return known[name], None
+    choices = [*anygpt, *sorted(t for t, f in known.items() if f.write_tiny)]
+    raise ValueError(f"unknown modality '{name}'; choose from {', '.join(choices)}")
 
 
-def _write_soundstorm(root: Path, gen: torch.Generator) -> dict[str, str]:
-    try:
-        from anygpt.models import soundstorm as ss
-    except ImportError:  # SoundStorm support not installed in this tree
-        return {}
-    from safetensors.torch import save_file
-
-    d = root / "soundstorm"
-    d.mkdir(parents=True)
-    # speech-sized vocabulary (1024 codes, 7 acoustic levels) at toy width
-    cfg = ss.SoundStormConfig(
-        codebook_size=1024,
-        num_quantizers=7,
-        dim=32,
-        depth=1,
-        heads=2,
-        dim_head=16,
-        num_semantic_tokens=1024,
-    )
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    model = ss.build_soundstorm(cfg)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        str(d / "soundstorm.safetensors"),
-    )
-    (d / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return {
-        "soundstorm": "soundstorm/soundstorm.safetensors",
-        "soundstorm_config": "soundstorm/config.json",
-    }
-
-
-def _write_encodec(
-    root: Path,
-    gen: torch.Generator,
-    name: str,
-    folder: str,
-    sample_rate: int,
-    ratios: list[int],
-    codebook_size: int,
-    bandwidths: list[float],
-) -> None:
-    from transformers import EncodecConfig, EncodecModel
-
-    cfg = EncodecConfig(
-        sampling_rate=sample_rate,
-        audio_channels=1,
-        num_filters=4,
-        hidden_size=16,
-        codebook_dim=16,
-        codebook_size=codebook_size,
-        num_lstm_layers=1,
-        upsampling_ratios=ratios,
-        target_bandwidths=bandwidths,
-        normalize=False,
-        use_conv_shortcut=False,
-    )
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    model = EncodecModel(cfg)
-    with torch.no_grad():
-        _fill_codebooks(model, gen)
-    model.save_pretrained(str(root / folder))
+def _write_tiny(fam: Family, root: Path, gen: torch.Generator, definition, soundstorm: bool):
+    if fam.write_tiny is None:
+        raise ValueError(f"the '{fam.type}' family has no tiny model for debug bundles")
+    params = inspect.signature(fam.write_tiny).parameters
+    kw = {"soundstorm": soundstorm} if "soundstorm" in params else {}
+    if definition is not None and len(params) >= 3:
+        return fam.write_tiny(root, gen, definition, **kw)
+    return fam.write_tiny(root, gen, **kw)
 
 
 def _write_llm(root: Path, vocab_tokens: list[str], gen: torch.Generator, hidden: int) -> None:
@@ -172,7 +90,7 @@ def _write_llm(root: Path, vocab_tokens: list[str], gen: torch.Generator, hidden
 def write_debug_bundle(
     out_dir: str | Path,
     *,
-    modalities: tuple[str, ...] = ALL_MODALITIES,
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES,
     seed: int = 0,
     hidden: int = 64,
     soundstorm: bool = True,
@@ -184,38 +102,20 @@ def write_debug_bundle(
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty (use --overwrite)")
         shutil.rmtree(out)
-    unknown = sorted(set(modalities) - set(ALL_MODALITIES) - {"units"})
-    if unknown:
-        raise ValueError(f"unknown modalities {unknown}; choose from {ALL_MODALITIES + ('units',)}")
+    chosen = [resolve(m) for m in modalities]
+    serves = [(d or {}).get("modality", f.modality) for f, d in chosen]
+    if len(set(serves)) != len(serves):
+        raise ValueError(f"two tokenizers for one modality in {', '.join(modalities)}")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     gen = torch.Generator().manual_seed(seed)
     try:
         entries: dict[str, ModalityEntry] = {}
-        if "image" in modalities:
-            from anygpt.modalities.image import write_tiny_image_tokenizer
-
-            entries["image"] = write_tiny_image_tokenizer(tmp, ANYGPT_IMAGE, seed=seed)
-        if "speech" in modalities:
-            entries["speech"] = _write_speech(tmp, gen, soundstorm)
-        elif "units" in modalities:
-            from anygpt.modalities.units import write_tiny_units
-
-            entries["speech"] = write_tiny_units(tmp, seed=seed)
-        if "music" in modalities:
-            _write_encodec(tmp, gen, "music", "encodec_32khz", 32000, [8, 5, 4, 4], 2048, [2.2])
-            entries["music"] = ModalityEntry(
-                "encodec", ANYGPT_MUSIC, {"model": "encodec_32khz"}, {"num_codebooks": 4}
-            )
-        if "audio" in modalities:
-            _write_encodec(
-                tmp, gen, "audio", "encodec_24khz", 24000, [8, 5, 4, 2], 1024, [1.5, 3.0, 6.0]
-            )
-            entries["audio"] = ModalityEntry(
-                "encodec", ANYGPT_AUDIO, {"model": "encodec_24khz"}, {"num_codebooks": 4}
-            )
-        order = [m for m in ("image", "speech", "music", "audio") if m in entries]
+        for (fam, definition), modality in zip(chosen, serves, strict=True):
+            entries[modality] = _write_tiny(fam, tmp, gen, definition, soundstorm)
+        rank = {m: i for i, m in enumerate(DEFAULT_MODALITIES)}  # AnyGPT's order first
+        order = sorted(entries, key=lambda m: rank.get(m, len(rank)))
         vocab = extended_vocabulary([entries[m].tokens for m in order])
         _write_llm(tmp, vocab, gen, hidden)
         BundleConfig(modalities={m: entries[m] for m in order}, name="anygpt-debug").save(tmp)

@@ -132,6 +132,18 @@ class TextStop:
         return done
 
 
+class StepHook:
+    """Calls ``fn(new_ids [B, t])`` after every generation step; never stops generation."""
+
+    def __init__(self, fn, prompt_length: int) -> None:
+        self.fn = fn
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_):
+        self.fn(input_ids[:, self.prompt_length :])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists -> (ids [B, L], attention mask [B, L])."""
     length = max(len(p) for p in prompts)
@@ -155,11 +167,13 @@ def generate(
     seed: int | None = None,
     constrain: bool = True,
     stop_texts: Sequence[str] = (),
+    on_step=None,
 ) -> list[list[int]]:
     """Generate continuations for a batch of prompts (token id lists, BOS included).
 
     Returns the new ids of each prompt, cut before the first stop id.  ``stop_texts`` also end a
-    row (they stay in the returned ids; callers cut them from the text).
+    row (they stay in the returned ids; callers cut them from the text).  ``on_step`` is called
+    after every step with the new ids so far ``[B, t]`` (streaming front ends use it).
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -181,6 +195,8 @@ def generate(
     criteria = StoppingCriteriaList(
         [TextStop(layout.tokenizer, stop_texts, ids.shape[1])] if stop_texts else []
     )
+    if on_step is not None:
+        criteria.append(StepHook(on_step, ids.shape[1]))
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),

@@ -1,7 +1,9 @@
 """Where the project's data folders are (``config/``, ``tokenizers/``, ``models/``).
 
-The package is installed in editable mode from a checkout, so the folders sit beside it.
-``ANYGPT_HOME`` points elsewhere when the checkout is not the working copy.
+In a checkout (and an editable install) they are the folders at the top of the tree.  A built
+wheel carries a copy of them under ``anygpt/_data/`` (see ``setup.py``), which is used when present,
+so an installed package never looks for them next to site-packages.  ``ANYGPT_HOME`` points at
+another tree holding those folders.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ import os
 from pathlib import Path
 
 DEFAULT_MODEL_ENV = "ANYGPT_MODEL"
+PACKAGED = Path(__file__).resolve().parent / "_data"
 
 
 def project_root() -> Path:
     env = os.environ.get("ANYGPT_HOME")
-    return Path(env) if env else Path(__file__).resolve().parent.parent
+    if env:
+        return Path(env)
+    if PACKAGED.is_dir():
+        return PACKAGED
+    return Path(__file__).resolve().parent.parent
 
 
 def config_dir() -> Path:

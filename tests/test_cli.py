@@ -238,10 +238,11 @@ def test_units_bundle_round_trip_through_cli(tmp_path, media_dir):
 
 def test_chat_reply_cut_inside_a_span_does_not_poison_the_next_turn(debug_bundle):
     from anygpt.bundle import Bundle
-    from anygpt.inference import ChatSession, Engine
+    from anygpt.runtime.chat import ChatSession
+    from anygpt.runtime.engine import Engine
 
     bundle = Bundle(debug_bundle, device="cpu")
-    session = ChatSession(Engine(bundle, "unused", seed=0, max_new_tokens=4))
+    session = ChatSession(Engine(bundle, seed=0, max_new_tokens=4))
     session.conversation.add_user("draw")
     session.conversation.add_assistant("sure <somu><🎶1>")  # a reply cut off inside a span
     from anygpt.generation import SpanConstraint
@@ -251,7 +252,7 @@ def test_chat_reply_cut_inside_a_span_does_not_poison_the_next_turn(debug_bundle
     assert torch.isinf(scores[0, bundle.layout.code_ids["music"]]).all(), (
         "span closed by the turn end"
     )
-    from anygpt.inference import close_open_span
+    from anygpt.runtime.chat import close_open_span
 
     assert close_open_span("sure <somu><🎶1>", bundle.layout) == "sure <somu><🎶1><eomu>"
     assert close_open_span("plain", bundle.layout) == "plain"

@@ -124,18 +124,17 @@ def test_text_stop_ends_rows_on_plain_text_markers(bundle):
 
 
 def test_seeded_base_runs_write_identical_outputs(debug_bundle, tmp_path):
-    from anygpt.inference import Engine
+    from anygpt.runtime.engine import Engine
+    from anygpt.runtime.media import FileSink
 
     outs = []
     for run in range(2):
-        engine = Engine(
-            Bundle(debug_bundle, device="cpu"), tmp_path / str(run), seed=7, max_new_tokens=20
-        )
+        engine = Engine(Bundle(debug_bundle, device="cpu"), seed=7, max_new_tokens=20)
+        sink = FileSink(tmp_path / str(run))
         (o_speech, o_text) = engine.run_base(["text|speech|same seed", "text|speech|other"])[:2]
         assert o_speech.ok and o_text.ok
-        outs.append([f.read_bytes() for o in (o_speech, o_text) for f in o.files])
+        outs.append([f.read_bytes() for o in (o_speech, o_text) for f in sink.write(o)])
     assert outs[0] == outs[1]
-    other = Engine(Bundle(debug_bundle, device="cpu"), tmp_path / "x", seed=8, max_new_tokens=20)
-    assert [f.read_bytes() for f in other.run_base(["text|speech|same seed"])[0].files] != outs[0][
-        :1
-    ]
+    other = Engine(Bundle(debug_bundle, device="cpu"), seed=8, max_new_tokens=20)
+    first = other.run_base(["text|speech|same seed"])[0]
+    assert [f.read_bytes() for f in FileSink(tmp_path / "x").write(first)] != outs[0][:1]

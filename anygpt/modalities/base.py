@@ -72,6 +72,9 @@ class ModalityTokenizer(abc.ABC):
     name: str = ""
     media_kind: str = "audio"  # "audio" or "image"
     file_suffix: str = ".wav"
+    # How multi-channel audio becomes mono: "mean" averages, "first" keeps channel 0.  One policy
+    # per tokenizer, used by ``load`` and by ``anygpt tokenize`` alike.
+    channels: str = "mean"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -136,3 +139,17 @@ def run_grouped(
         for i, r in zip(idx, fn([items[i] for i in idx]), strict=True):
             out[i] = r
     return out
+
+
+def fill_codebooks_randomly(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Random codebooks for a tiny test model.
+
+    New RVQ codebooks are all zeros, which gives one code for everything; random ones make
+    different inputs give different codes.
+    """
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            if name.endswith(".embed") or name.endswith("embed_avg"):
+                buf.copy_(torch.randn(buf.shape, generator=gen) * 0.5)
+            elif name.endswith("inited") or name.endswith("cluster_size"):
+                buf.fill_(1)

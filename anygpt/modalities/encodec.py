@@ -17,7 +17,15 @@ import torch
 
 from anygpt.audio import AudioError, load_audio, save_wav
 from anygpt.checkpoint import CheckpointError
-from anygpt.modalities.base import Codes, ModalityError, ModalityTokenizer, run_grouped
+from anygpt.layout import ModalityTokens
+from anygpt.modalities.base import (
+    Codes,
+    ModalityError,
+    ModalityTokenizer,
+    fill_codebooks_randomly,
+    run_grouped,
+)
+from anygpt.modalities.registry import BuildContext, Family, ModalityEntry, register
 
 
 class EncodecModality(ModalityTokenizer):
@@ -183,3 +191,58 @@ class EncodecModality(ModalityTokenizer):
 
     def save(self, media: torch.Tensor, path: str | Path) -> None:
         save_wav(path, media, self.sample_rate)
+
+
+# ---------------------------------------------------------------------- family
+# Toy-width EnCodec models with the strides, codebook sizes and bandwidths of the released ones.
+_TINY_SHAPES = {
+    32000: {"ratios": [8, 5, 4, 4], "bandwidths": [2.2]},
+    24000: {"ratios": [8, 5, 4, 2], "bandwidths": [1.5, 3.0, 6.0]},
+}
+
+
+def write_tiny_encodec(
+    root: Path, gen: torch.Generator, definition: dict | None = None
+) -> ModalityEntry:
+    """A tiny random EnCodec shaped like the model a definition names (default: 32 kHz music)."""
+    from transformers import EncodecConfig, EncodecModel
+
+    from anygpt.layout import tokenizer_definition
+
+    definition = definition or tokenizer_definition("encodec_32khz")
+    rate = int(definition["sample_rate"])
+    tokens = ModalityTokens.from_dict(definition["tokens"])
+    folder = Path(definition["files"]["model"]).name
+    shape = _TINY_SHAPES.get(rate, _TINY_SHAPES[32000])
+    cfg = EncodecConfig(
+        sampling_rate=rate,
+        audio_channels=1,
+        num_filters=4,
+        hidden_size=16,
+        codebook_dim=16,
+        codebook_size=tokens.codebook_size,
+        num_lstm_layers=1,
+        upsampling_ratios=shape["ratios"],
+        target_bandwidths=shape["bandwidths"],
+        normalize=False,
+        use_conv_shortcut=False,
+    )
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    model = EncodecModel(cfg)
+    fill_codebooks_randomly(model, gen)
+    model.save_pretrained(str(root / folder))
+    opts = {"num_codebooks": tokens.num_codebooks}
+    return ModalityEntry("encodec", tokens, {"model": folder}, opts)
+
+
+def _build(ctx: BuildContext) -> EncodecModality:
+    return EncodecModality(
+        ctx.name,
+        ctx.files["model"],
+        num_codebooks=int(ctx.options.get("num_codebooks", 4)),
+        device=ctx.device,
+        source=ctx.options.get("source"),
+    )
+
+
+register(Family("encodec", "music", _build, write_tiny=write_tiny_encodec))

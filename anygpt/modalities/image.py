@@ -17,6 +17,7 @@ import torch
 from anygpt.checkpoint import missing_file_error
 from anygpt.layout import ModalityTokens
 from anygpt.modalities.base import Codes, ModalityError, ModalityTokenizer
+from anygpt.modalities.registry import BuildContext, Family, ModalityEntry, register
 
 
 class SeedModality(ModalityTokenizer):
@@ -156,15 +157,19 @@ class SeedModality(ModalityTokenizer):
         media.convert("RGB").save(str(path), format="JPEG", quality=95)
 
 
-def write_tiny_image_tokenizer(root: Path, tokens: ModalityTokens, seed: int = 0) -> Any:
+def write_tiny_seed(
+    root: Path, gen: torch.Generator | None = None, definition: dict | None = None
+) -> ModalityEntry:
     """A tiny random SEED (AnyGPT's 8192-code vocabulary) plus a tiny unCLIP pipeline."""
-    from anygpt.bundle import ModalityEntry
+    from anygpt.layout import ANYGPT_IMAGE
     from anygpt.models import seed as seed_mod
     from anygpt.models.unclip import build_tiny_unclip_pipeline
 
+    tokens = ModalityTokens.from_dict(definition["tokens"]) if definition else ANYGPT_IMAGE
     cfg = seed_mod.SeedConfig.from_dict(
         {**seed_mod.SEED_TINY.to_dict(), "codebook_size": tokens.codebook_size}
     )
+    seed = 0 if gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     torch.manual_seed(seed)
     model = seed_mod.build_seed(cfg)
     with torch.no_grad():  # spread the codebook over the encoder's output range so codes differ
@@ -172,3 +177,10 @@ def write_tiny_image_tokenizer(root: Path, tokens: ModalityTokens, seed: int = 0
     seed_mod.save_seed(model, root / "seed")
     build_tiny_unclip_pipeline(root / "unclip", embed_dim=cfg.image_feature_dim, seed=seed)
     return ModalityEntry("seed", tokens, {"model": "seed", "unclip": "unclip"}, {"steps": 2})
+
+
+def _build(ctx: BuildContext) -> SeedModality:
+    return SeedModality(ctx.files, options=ctx.options, device=ctx.device)
+
+
+register(Family("seed", "image", _build, write_tiny=write_tiny_seed, weights_file="quantizer"))

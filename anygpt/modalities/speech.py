@@ -25,7 +25,15 @@ import torch
 
 from anygpt.audio import AudioError, load_audio, save_wav
 from anygpt.checkpoint import load_strict, missing_file_error, read_state_dict
-from anygpt.modalities.base import Codes, ModalityError, ModalityTokenizer, run_grouped
+from anygpt.layout import ModalityTokens
+from anygpt.modalities.base import (
+    Codes,
+    ModalityError,
+    ModalityTokenizer,
+    fill_codebooks_randomly,
+    run_grouped,
+)
+from anygpt.modalities.registry import BuildContext, Family, ModalityEntry, register
 
 
 def speechtokenizer_class() -> type:
@@ -91,6 +99,7 @@ class SpeechTokenizerModality(ModalityTokenizer):
     name = "speech"
     media_kind = "audio"
     file_suffix = ".wav"
+    channels = "first"  # AnyGPT keeps the first channel of speech input
 
     def __init__(
         self,
@@ -199,14 +208,14 @@ class SpeechTokenizerModality(ModalityTokenizer):
 
     # ------------------------------------------------------------------ media
     def load(
-        self, path: str | Path, *, channels: str = "first", max_seconds: float | None = None
+        self, path: str | Path, *, channels: str | None = None, max_seconds: float | None = None
     ) -> torch.Tensor:
         """Waveform [T] at 16 kHz; AnyGPT keeps the first channel of multi-channel speech."""
         try:
             return load_audio(
                 path,
                 self.sample_rate,
-                channels=channels,
+                channels=channels or self.channels,
                 duration_s=max_seconds,
                 min_samples=self.hop_length,
             )
@@ -292,3 +301,106 @@ class SpeechTokenizerModality(ModalityTokenizer):
 
     def save(self, media: torch.Tensor, path: str | Path) -> None:
         save_wav(path, media, self.sample_rate)
+
+
+# ---------------------------------------------------------------------- family
+def tiny_speechtokenizer_config() -> dict:
+    """SpeechTokenizer at toy width: same strides (hop 320), 8 RVQ layers of 1024 codes."""
+    return {
+        "n_filters": 4,
+        "strides": [8, 5, 4, 2],
+        "dimension": 32,
+        "semantic_dimension": 32,
+        "bidirectional": True,
+        "dilation_base": 2,
+        "residual_kernel_size": 3,
+        "n_residual_layers": 1,
+        "lstm_layers": 1,
+        "activation": "Snake",
+        "codebook_size": 1024,
+        "n_q": 8,
+        "sample_rate": 16000,
+        "sampling_rate": 16000,
+    }
+
+
+def write_tiny_speechtokenizer(
+    root: Path, gen: torch.Generator, definition: dict | None = None, *, soundstorm: bool = True
+) -> ModalityEntry:
+    """A tiny random SpeechTokenizer (released file layout) and, optionally, a tiny SoundStorm."""
+    d = root / "speechtokenizer"
+    d.mkdir(parents=True)
+    cfg = tiny_speechtokenizer_config()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    model = build_speechtokenizer(cfg)
+    fill_codebooks_randomly(model, gen)
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    # the released file is a plain torch state dict named ckpt.dev; keep that layout
+    torch.save(model.state_dict(), d / "ckpt.dev")
+    files = {"config": "speechtokenizer/config.json", "checkpoint": "speechtokenizer/ckpt.dev"}
+    if soundstorm:
+        files.update(_write_tiny_soundstorm(root, gen))
+    tokens = ModalityTokens.from_dict(definition["tokens"]) if definition else _default_tokens()
+    return ModalityEntry("speechtokenizer", tokens, files)
+
+
+def _write_tiny_soundstorm(root: Path, gen: torch.Generator) -> dict[str, str]:
+    from safetensors.torch import save_file
+
+    from anygpt.models import soundstorm as ss
+
+    d = root / "soundstorm"
+    d.mkdir(parents=True)
+    # speech-sized vocabulary (1024 codes, 7 acoustic levels) at toy width
+    cfg = ss.SoundStormConfig(
+        codebook_size=1024,
+        num_quantizers=7,
+        dim=32,
+        depth=1,
+        heads=2,
+        dim_head=16,
+        num_semantic_tokens=1024,
+    )
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    model = ss.build_soundstorm(cfg)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(d / "soundstorm.safetensors"),
+    )
+    (d / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return {
+        "soundstorm": "soundstorm/soundstorm.safetensors",
+        "soundstorm_config": "soundstorm/config.json",
+    }
+
+
+def _default_tokens() -> ModalityTokens:
+    from anygpt.layout import ANYGPT_SPEECH
+
+    return ANYGPT_SPEECH
+
+
+def _build(ctx: BuildContext) -> SpeechTokenizerModality:
+    from anygpt.config import soundstorm_steps
+
+    steps = ctx.options.get("soundstorm_steps") or soundstorm_steps(ctx.decoding_dir)
+    return SpeechTokenizerModality(
+        ctx.files["config"],
+        ctx.files["checkpoint"],
+        soundstorm_path=ctx.files.get("soundstorm"),
+        soundstorm_config=ctx.files.get("soundstorm_config"),
+        soundstorm_steps=int(steps),
+        device=ctx.device,
+    )
+
+
+register(
+    Family(
+        "speechtokenizer",
+        "speech",
+        _build,
+        tokens=_default_tokens(),
+        write_tiny=write_tiny_speechtokenizer,
+        weights_file="checkpoint",
+    )
+)

@@ -20,6 +20,7 @@ import torch
 from anygpt.audio import AudioError, load_audio, save_wav
 from anygpt.checkpoint import missing_file_error
 from anygpt.modalities.base import Codes, ModalityError, ModalityTokenizer
+from anygpt.modalities.registry import BuildContext, Family, ModalityEntry, register
 
 
 class UnitsModality(ModalityTokenizer):
@@ -93,11 +94,15 @@ class UnitsModality(ModalityTokenizer):
         return (int(self.extractor.num_units),)
 
     def load(
-        self, path: str | Path, *, channels: str = "mean", max_seconds: float | None = None
+        self, path: str | Path, *, channels: str | None = None, max_seconds: float | None = None
     ) -> torch.Tensor:
         try:
             return load_audio(
-                path, self.sample_rate, channels=channels, duration_s=max_seconds, min_samples=400
+                path,
+                self.sample_rate,
+                channels=channels or self.channels,
+                duration_s=max_seconds,
+                min_samples=400,
             )
         except AudioError as exc:
             raise ModalityError(str(exc)) from exc
@@ -139,13 +144,15 @@ class UnitsModality(ModalityTokenizer):
         save_wav(path, media, self.sample_rate)
 
 
-def write_tiny_units(root: Path, seed: int = 0) -> Any:
+def write_tiny_units(
+    root: Path, gen: torch.Generator | None = None, definition: dict | None = None
+) -> ModalityEntry:
     """A tiny random HuBERT + 1000 centroids + tiny unit vocoder, as a bundle speech entry."""
-    from anygpt.bundle import ModalityEntry
     from anygpt.layout import ModalityTokens, tokenizer_definition
     from anygpt.models.hubert_units import write_tiny_unit_extractor
     from anygpt.models.unit_hifigan import UNIT_HIFIGAN_TINY, build_unit_hifigan, save_unit_hifigan
 
+    seed = 0 if gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     write_tiny_unit_extractor(
         root / "hubert", num_clusters=UNIT_HIFIGAN_TINY.num_embeddings, seed=seed
     )
@@ -157,3 +164,10 @@ def write_tiny_units(root: Path, seed: int = 0) -> Any:
     return ModalityEntry(
         "units", tokens, {"hubert": "hubert", "vocoder": "unit_hifigan"}, {"dedup": False}
     )
+
+
+def _build(ctx: BuildContext) -> UnitsModality:
+    return UnitsModality(ctx.files, options=ctx.options, device=ctx.device)
+
+
+register(Family("units", "speech", _build, write_tiny=write_tiny_units))

@@ -37,8 +37,6 @@ import numpy as np
 
 from anygpt.train.config import TrainError
 
-MEDIA_MODALITIES = ("speech", "music", "audio", "image")
-
 
 @dataclass
 class TokenizeConfig:
@@ -203,7 +201,8 @@ def _waveform(tok: Any, modality: str, array: Any, rate: int, max_seconds: float
     wav = np.asarray(array, dtype=np.float32)
     if wav.ndim == 2:  # [T, C] as soundfile gives; a [C, T] array is transposed
         wav = wav if wav.shape[0] >= wav.shape[1] else wav.T
-        wav = wav[:, 0] if modality == "speech" else wav.mean(axis=1)  # AnyGPT: speech keeps ch 0
+        # the tokenizer's own policy, the same one its ``load`` applies to files
+        wav = wav[:, 0] if getattr(tok, "channels", "mean") == "first" else wav.mean(axis=1)
     wav = wav.reshape(-1)
     if max_seconds is not None:
         wav = wav[: int(round(max_seconds * rate))]

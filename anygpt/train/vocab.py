@@ -27,13 +27,15 @@ import torch
 from anygpt.text_tokenizer import TextTokenizer
 from anygpt.train.config import TrainError
 
-# modality name -> tokenizers/*.json definition, in AnyGPT's order of addition
-DEFINITIONS = {
-    "image": "seed",
-    "speech": "speechtokenizer",
-    "music": "encodec_32khz",
-    "audio": "encodec_24khz",
-}
+
+def _anygpt_definitions() -> dict[str, str]:
+    """Modality name -> AnyGPT's ``tokenizers/*.json`` definition, in its order of addition."""
+    from anygpt.layout import ANYGPT_DEFINITIONS, tokenizer_definition
+
+    return {tokenizer_definition(d)["modality"]: d for d in ANYGPT_DEFINITIONS}
+
+
+DEFINITIONS = _anygpt_definitions()
 
 
 def extend_tokenizer(
@@ -186,7 +188,7 @@ class ExtendVocabConfig:
     sft_tags: bool = True
     seed: int = 0
     cov_scale: float = 1.0
-    max_context: int = 4096
+    max_context: int | None = None  # None: the model's max_position_embeddings (else 4096)
 
 
 def extend_vocab(cfg: ExtendVocabConfig, overwrite: bool = False) -> tuple[Path, InitReport]:
@@ -202,13 +204,15 @@ def extend_vocab(cfg: ExtendVocabConfig, overwrite: bool = False) -> tuple[Path,
     if not (src / "tokenizer.model").is_file():
         raise TrainError(f"{src} has no SentencePiece tokenizer.model (LLaMA-style models only)")
     unknown = [m for m in cfg.modalities if m not in DEFINITIONS]
-    if unknown:
+    if unknown and not cfg.modality_files:  # a source bundle may hold any modality family
         raise TrainError(f"unknown modalities {unknown}; choose from {', '.join(DEFINITIONS)}")
     out = Path(cfg.output)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty (use --overwrite)")
-    order = [m for m in DEFINITIONS if m in cfg.modalities]  # AnyGPT's order
+    # AnyGPT's order, then any other modality of the source bundle in the order given
+    order = [m for m in DEFINITIONS if m in cfg.modalities]
+    order += [m for m in cfg.modalities if m not in order]
     entries = _modality_entries(order, cfg.modality_files)
 
     added_file = src / "added_tokens.json"
@@ -234,7 +238,8 @@ def extend_vocab(cfg: ExtendVocabConfig, overwrite: bool = False) -> tuple[Path,
             m: place_modality_files(e, root, tmp, cfg.copy_modalities)
             for m, (e, root) in entries.items()
         }
-        BundleConfig(modalities=mods, name=out.name, max_context=cfg.max_context).save(tmp)
+        context = cfg.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
+        BundleConfig(modalities=mods, name=out.name, max_context=int(context)).save(tmp)
         (tmp / "extend_vocab.json").write_text(
             json.dumps({**asdict(cfg), "added_tokens": len(new), "init": asdict(report)}, indent=2)
             + "\n"
