@@ -153,3 +153,32 @@ def test_everything_the_world_says_is_in_the_set():
         assert wt.random_music_request(mcap, rng) in sentences
     one_kind = set(wt.all_sentences(("question",)))
     assert len(one_kind) == 49 and one_kind < sentences
+
+
+def test_jsgf_grammar_accepts_the_sentence_set():
+    import re
+
+    grammar = wt.jsgf()
+    rules = dict(re.findall(r"^(?:public )?<(\w+)> = (.*);$", grammar, re.M))
+    # JSGF -> regex: groups, and an optional part takes its leading space with it
+    rules = {
+        k: v.replace("(", "(?:").replace(" [", "(?: ").replace("]", ")?") for k, v in rules.items()
+    }
+
+    def expand(s: str) -> str:
+        while "<" in s:
+            s = re.sub(r"<(\w+)>", lambda m: "(?:" + rules[m.group(1)] + ")", s)
+        return s
+
+    pattern = re.compile(expand(rules["sentence"]).replace(" | ", "|"))
+    sentences = list(wt.all_sentences())
+    sample = random.Random(0).sample(sentences, 3000) + wt.all_questions() + wt.all_answers()[:60]
+    assert all(pattern.fullmatch(s) for s in sample)
+    for wrong in ("what colour is the circle red", "draw a red circle", "a big red circle above"):
+        assert not pattern.fullmatch(wrong)
+    only_questions = wt.jsgf(("question",))
+    assert "how many objects are there" in only_questions and "<caption> |" not in only_questions
+    from pocketsphinx import Decoder
+
+    dec = Decoder(lm=None, loglevel="FATAL")
+    dec.add_jsgf_string("world", grammar)  # pocketsphinx parses it

@@ -24,8 +24,10 @@ mirror of the first's.)
 Requests are a fixed prefix and a caption: ``draw a big red circle``, ``please compose a slow
 happy piano melody in a high register``.
 
-The sentence set (:func:`all_sentences`) is finite; :func:`sentence_counts` gives its size per kind
-(the module docstring of :mod:`anygpt.world.build` records the figures for the default world).
+The sentence set (:func:`all_sentences`, a generator) is finite: 69,979 distinct sentences, namely
+16,448 picture captions, 49 questions, 4,014 answers, 49,344 drawing requests, 4 describe prompts,
+24 melody captions and 96 music requests (:func:`sentence_counts`).  :func:`all_words` lists its 60
+words and :func:`jsgf` writes a compact JSGF grammar of it for a closed-set recogniser.
 """
 
 from __future__ import annotations
@@ -282,3 +284,65 @@ def _music_captions() -> Iterator[str]:
 def all_words(max_objects: int = 2) -> tuple[str, ...]:
     """Every word of the sentence set, sorted (a recogniser's dictionary needs exactly these)."""
     return tuple(sorted({w for s in all_sentences(max_objects=max_objects) for w in s.split()}))
+
+
+def jsgf(kinds: Iterable[str] = SENTENCE_KINDS, name: str = "world") -> str:
+    """A JSGF grammar of the sentences of ``kinds`` (for a closed-set recogniser, e.g. pocketsphinx).
+
+    Compositional, so it stays small; it accepts exactly :func:`all_sentences` of those kinds,
+    except that a "where" answer may also relate an object to one of the same colour and shape.
+    """
+    kinds = tuple(kinds)
+    unknown = sorted(set(kinds) - set(SENTENCE_KINDS))
+    if unknown:
+        raise ValueError(f"unknown sentence kinds {unknown}; choose from {SENTENCE_KINDS}")
+
+    def alt(items: Iterable[str]) -> str:
+        return "(" + " | ".join(items) + ")"
+
+    from anygpt.world.music import ATTRIBUTES, VALUES
+
+    rules = {
+        "shape": alt(SHAPES),
+        "colour": alt(COLOURS),
+        "size": alt(SIZES),
+        "relation": alt(RELATIONS),
+        "object": "a <size> <colour> <shape>",
+        "caption": "<object> [<relation> <object>]",
+        "melody": " ".join(
+            [
+                f"a {alt(VALUES[a])}" if i == 0 else alt(VALUES[a])
+                for i, a in enumerate(ATTRIBUTES[:3])
+            ]
+        )
+        + f" melody in a {alt(VALUES[ATTRIBUTES[3]])} register",
+    }
+    top = {
+        "image_caption": "<caption>",
+        "question": alt(
+            [
+                "what colour is the <shape>",
+                "what shape is the <colour> object",
+                "is the <shape> big or small",
+                "how many objects are there",
+                "where is the <colour> <shape>",
+            ]
+        ),
+        "answer": alt(
+            [
+                "the <shape> is (<colour> | <size>)",
+                "it is a <shape>",
+                "there is one object",
+                "there are two objects",
+                "the <colour> <shape> is <relation> the <colour> <shape>",
+            ]
+        ),
+        "draw_request": f"{alt(DRAW_PREFIXES)} <caption>",
+        "describe": alt(DESCRIBE_IMAGE + DESCRIBE_MUSIC),
+        "music_caption": "<melody>",
+        "music_request": f"{alt(MUSIC_PREFIXES)} <melody>",
+    }
+    lines = ["#JSGF V1.0;", f"grammar {name};"]
+    lines += [f"<{k}> = {v};" for k, v in rules.items()]
+    lines.append(f"public <sentence> = {alt(top[k] for k in kinds)};")
+    return "\n".join(lines) + "\n"
