@@ -10,3 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from anygpt.train.cli import register as register_training
 
     register_training(sub)  # tokenize, extend-vocab, pretrain, sft
+    from anygpt.train.tokenize_chat import register as register_tokenize_chat
+    from anygpt.world.build import register as register_world
+
+    register_tokenize_chat(sub)  # tokenize-chat
+    register_world(sub)  # world
