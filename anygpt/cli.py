@@ -171,18 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_bundle(args: argparse.Namespace):
     from anygpt.bundle import Bundle
-    from anygpt.paths import default_model, default_nano_path
+    from anygpt.debug_bundle import ensure_default_model
 
-    root = Path(args.model) if args.model else default_model()
-    if not args.model and not root.exists() and root == default_nano_path():
-        from anygpt.debug_bundle import write_debug_bundle
-
-        print(
-            f"note: no trained default model yet; creating the debug bundle {root} "
-            "(random weights: outputs are noise)",
-            file=sys.stderr,
-        )
-        write_debug_bundle(root, seed=0)
+    root = Path(args.model) if args.model else ensure_default_model()
     bundle = Bundle(root, device=args.device, dtype=args.dtype)
     apply_file_overrides(
         bundle,

@@ -11,7 +11,11 @@ What goes in is named per modality: a modality of AnyGPT (``image``, ``speech``,
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +23,7 @@ import torch
 from anygpt.bundle import BundleConfig
 from anygpt.layout import ANYGPT_DEFINITIONS, extended_vocabulary, tokenizer_definition
 from anygpt.modalities.registry import Family, ModalityEntry, families
-from anygpt.paths import tokenizers_dir
+from anygpt.paths import default_model, default_nano_path, tokenizers_dir
 from anygpt.text_tokenizer import TextTokenizer
 
 DEBUG_SPM = "debug-spm.model"
@@ -106,9 +110,9 @@ def write_debug_bundle(
     serves = [(d or {}).get("modality", f.modality) for f, d in chosen]
     if len(set(serves)) != len(serves):
         raise ValueError(f"two tokenizers for one modality in {', '.join(modalities)}")
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a private temporary folder: two runs building the same bundle at once never share one
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     gen = torch.Generator().manual_seed(seed)
     try:
         entries: dict[str, ModalityEntry] = {}
@@ -122,8 +126,45 @@ def write_debug_bundle(
         (tmp / "README.md").write_text(
             "# anygpt debug bundle\n\nRandomly initialised tiny models for tests. Outputs are noise.\n"
         )
-        tmp.rename(out) if not out.exists() else (shutil.rmtree(out), tmp.rename(out))
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "bundle.json").is_file():  # not another run's complete bundle
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # that run won; its bundle is just as good
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def ensure_default_model() -> Path:
+    """The default model folder; without a shipped or configured one, a debug bundle is made there.
+
+    Safe when several runs start at once, and self-healing: each run builds in a private folder and
+    renames it into place, so the folder is complete or absent; a broken leftover is moved aside
+    (atomically, never deleted in place) before a new one is built.
+    """
+    root = default_model()
+    if root != default_nano_path() or (root / "bundle.json").is_file():
+        return root
+    print(
+        f"note: no default model at {root}; creating a debug bundle there "
+        "(random weights: outputs are noise)",
+        file=sys.stderr,
+    )
+    if root.exists():
+        aside = root.with_name(f".{root.name}.broken-{os.getpid()}-{time.time_ns()}")
+        try:
+            root.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+    try:
+        write_debug_bundle(root, seed=0)
+    except FileExistsError:
+        if not (root / "bundle.json").is_file():
+            raise
+    return root

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,28 @@ def test_tokenize_and_inference_share_the_channel_policy(debug_bundle, tmp_path,
     from_file = tok.load(tmp_path / "s.wav")
     from_rows = _waveform(tok, "speech", stereo, 16000, None)
     assert torch.allclose(from_file, from_rows, atol=1e-6)
+
+
+def test_concurrent_first_runs_heal_a_broken_default_model(tmp_path):
+    """Two runs at once on a fresh tree with a half-built default folder both succeed."""
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    home = tmp_path / "home"
+    for d in ("config", "tokenizers"):
+        shutil.copytree(root / d, home / d)
+    (home / "models" / "anygpt-nano").mkdir(parents=True)
+    (home / "models" / "anygpt-nano" / "leftover").write_text("half written")
+    env = {**os.environ, "ANYGPT_HOME": str(home)}
+    env.pop("ANYGPT_MODEL", None)
+    cmd = [sys.executable, "-m", "anygpt", "base", "--device", "cpu", "--max-new-tokens", "4",
+           "--output-dir", str(tmp_path / "out"), "text|speech|hi"]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), [e.decode()[-500:] for _, e, _ in results]
+    assert (home / "models" / "anygpt-nano" / "bundle.json").is_file()
+    assert not (home / "models" / "anygpt-nano" / "leftover").exists()
+    assert [p.name for p in (home / "models").iterdir()] == ["anygpt-nano"]
