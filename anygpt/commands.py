@@ -8,8 +8,10 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommands defined outside :mod:`anygpt.cli`."""
     from anygpt.train.cli import register as register_training
+    from anygpt.train.init_llm import register as register_init_llm
 
     register_training(sub)  # tokenize, extend-vocab, pretrain, sft
+    register_init_llm(sub)  # init-llm
     from anygpt.train.tokenize_chat import register as register_tokenize_chat
     from anygpt.world.build import register as register_world
 

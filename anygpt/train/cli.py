@@ -71,7 +71,7 @@ def _train(kind: str, args: argparse.Namespace) -> int:
     cls = PretrainConfig if kind == "pretrain" else SFTConfig
     cfg = config_from_args(cls, args)
     result = run_training(cfg)
-    print(f"final bundle: {result.final}")
+    print(f"final bundle: {result.final}  (load it with: anygpt chat --model {result.final})")
     return 0
 
 
@@ -136,7 +136,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--cov-scale", type=float, default=1.0, help="covariance scale of new rows (0: the mean)"
     )
-    e.add_argument("--max-context", type=int, default=4096)
+    e.add_argument(
+        "--max-context",
+        type=int,
+        help="prompt + reply tokens at inference (default: the model's max_position_embeddings)",
+    )
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(handler=cmd_extend_vocab)
 

@@ -107,6 +107,8 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     optim: str = "adamw_torch"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999  # 0.95 is steadier for a small model trained from scratch
     max_grad_norm: float = 1.0
     per_device_train_batch_size: int = 1
     per_device_eval_batch_size: int = 4
@@ -136,6 +138,7 @@ class TrainConfig:
     fsdp_config: str | None = None
     ddp_timeout: int = 7200
     dataloader_num_workers: int = 0
+    num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
     final_modalities: str = "reference"  # final bundle: "reference" or "copy" modality files
 
     @property
@@ -158,6 +161,8 @@ class TrainConfig:
             raise TrainError("choose LoRA or freeze=new_embeddings, not both")
         if self.final_modalities not in ("reference", "copy"):
             raise TrainError("final_modalities must be 'reference' or 'copy'")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise TrainError("num_threads must be at least 1 (or none for torch's default)")
         if self.max_length < 8:
             raise TrainError("the maximum sequence length must be at least 8 tokens")
         for group, w in self.mixture.items():
@@ -302,6 +307,8 @@ HELP = {
     "deepspeed": "DeepSpeed JSON (config/train/ds_zero2.json, ds_zero3.json)",
     "fsdp": "Trainer FSDP options, e.g. 'full_shard auto_wrap' (or use an accelerate config)",
     "final_modalities": "final bundle: 'reference' modality files by path, or 'copy' them",
+    "num_threads": "torch CPU threads per process ('none': torch's default, all cores)",
+    "adam_beta2": "AdamW beta2 (0.95 steadies a small model trained from scratch)",
     "block_size": "tokens per packed row; longer examples are dropped (counted)",
     "train_on_prompt": "loss on every token (AnyGPT) or, with --no-train-on-prompt, the answer only",
     "model_max_length": "longer conversations lose their latest turns (counted)",

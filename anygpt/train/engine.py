@@ -105,22 +105,37 @@ def _trainer_class():
         """``Trainer`` with parameters kept out of weight decay and optional loss recording."""
 
         def __init__(
-            self, *args, no_decay: tuple[str, ...] = (), record_losses: bool = False, **kw
+            self,
+            *args,
+            no_decay: tuple[str, ...] = (),
+            record_losses: bool = False,
+            throughput=None,
+            **kw,
         ):
             super().__init__(*args, **kw)
             self._no_decay = set(no_decay)
             self.record_losses = record_losses
             self.loss_history: list[float] = []
+            self.throughput = throughput  # progress.Throughput: real tokens per step
 
         def get_decay_parameter_names(self, model) -> list[str]:
             names = super().get_decay_parameter_names(model)
             return [n for n in names if n not in self._no_decay]
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.throughput is not None:
+                self.throughput.count(inputs)
             loss = super().training_step(model, inputs, num_items_in_batch)
             if self.record_losses:
                 self.loss_history.append(float(loss))
             return loss
+
+        def log(self, logs, start_time=None):
+            if self.throughput is not None and "loss" in logs:
+                rate = self.throughput.take()
+                if rate is not None:
+                    logs["tokens_per_second"] = round(rate, 1)
+            super().log(logs, start_time)
 
     return AnyGPTTrainer
 
@@ -163,6 +178,8 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         warmup_steps=cfg.warmup_ratio,  # a value below 1 is a fraction of the steps
         weight_decay=cfg.weight_decay,
         optim=cfg.optim,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
         max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -176,6 +193,7 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.eval_steps,
         logging_steps=cfg.logging_steps,
+        disable_tqdm=True,  # progress.ProgressLog prints one line per logging step instead
         report_to=report_to,
         run_name=cfg.run_name or None,
         seed=cfg.seed,
@@ -305,11 +323,39 @@ def write_final_bundle(trainer, cfg: TrainConfig, bundle, tokenizer, final: Path
 
 
 # ---------------------------------------------------------------------- the run
+def run_notes(cfg: TrainConfig, model_config: Any, train_rows: int, processes: int = 1) -> list:
+    """Settings that work but are probably not what was meant, as one-line notes."""
+    notes = []
+    context = getattr(model_config, "max_position_embeddings", None)
+    if context and cfg.max_length > context:
+        key = "block_size" if isinstance(cfg, PretrainConfig) else "model_max_length"
+        notes.append(
+            f"{key} {cfg.max_length} is longer than the model's context ({context} positions, "
+            f"max_position_embeddings): longer rows run past the positions it was made for; "
+            f"a small model wants --{key.replace('_', '-')} {context}"
+        )
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
+    if train_rows:
+        epochs = cfg.max_steps * per_step / train_rows
+        if epochs > 10:
+            notes.append(
+                f"{cfg.max_steps} steps of {per_step} rows over {train_rows} training rows are "
+                f"{epochs:.0f} epochs: the model will memorise them (more data, or fewer steps)"
+            )
+    if cfg.gradient_checkpointing and not torch.cuda.is_available():
+        notes.append(
+            "gradient checkpointing recomputes activations (about 30% slower); a small model on "
+            "a CPU does not need it (--no-gradient-checkpointing)"
+        )
+    return notes
+
+
 def run_training(
     cfg: TrainConfig, *, callbacks: list | None = None, record_losses: bool = False
 ) -> TrainResult:
     """Train one stage as configured; returns where the final bundle is."""
     from transformers import LlamaForCausalLM, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from anygpt.bundle import Bundle
     from anygpt.layout import ROLE_TAGS, SFT_TAGS, TokenLayout
@@ -317,10 +363,13 @@ def run_training(
     from anygpt.train.data import prepare_data
     from anygpt.train.packing import PackedCollator
     from anygpt.train.pretrain_data import PretrainExamples
+    from anygpt.train.progress import ProgressLog, Throughput
     from anygpt.train.sft_data import SFTExamples
     from anygpt.train.vocab import extend_model, extend_tokenizer
 
     cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     bundle = Bundle(cfg.model, device="cpu")
     base_tok = bundle.tokenizer
     modalities = bundle.layout.modalities
@@ -363,6 +412,8 @@ def run_training(
     if model.get_input_embeddings().weight.shape[0] < tokenizer.vocab_size:
         raise TrainError("the LLM has fewer embedding rows than its tokenizer has tokens")
     model.config.use_cache = False  # a cache would also disable the packed-sequence masks
+    for note in run_notes(cfg, model.config, len(data.train), args.world_size):
+        _log(f"note: {note}")
 
     no_decay: tuple[str, ...] = ()
     if cfg.freeze == "new_embeddings":
@@ -383,16 +434,23 @@ def run_training(
         model = apply_lora(model, cfg)
 
     collator = PackedCollator(tokenizer.pad_id, cfg.pad_to_multiple_of)
+    throughput = Throughput(tokenizer.pad_id)
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation,
         data_collator=collator,
-        callbacks=[_bundle_callback(bundle, tokenizer, _template_of(cfg)), *(callbacks or [])],
+        callbacks=[
+            _bundle_callback(bundle, tokenizer, _template_of(cfg)),
+            ProgressLog(throughput),
+            *(callbacks or []),
+        ],
         no_decay=no_decay,
         record_losses=record_losses,
+        throughput=throughput,
     )
+    trainer.remove_callback(PrinterCallback)  # raw dicts; ProgressLog prints readable lines
     resume = resolve_resume(cfg)
     if resume:
         _log(f"resuming from {resume}")
@@ -403,7 +461,6 @@ def run_training(
         tmp = stats_path.with_name(stats_path.name + ".tmp")
         tmp.write_text(json.dumps(data.stats, indent=2) + "\n")
         tmp.replace(stats_path)
-        _log(f"final bundle: {final}  (load it with: anygpt chat --model {final})")
     return TrainResult(
         final,
         trainer.loss_history,
