@@ -1,19 +1,28 @@
-"""Further subcommands (data preparation and training) registered on the ``anygpt`` parser."""
+"""Subcommands defined outside :mod:`anygpt.cli`, registered on the ``anygpt`` parser.
+
+Each module keeps its own ``register(sub)``; only argparse runs when the parser is built, and a
+handler imports what it needs when its subcommand runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+
+# module -> the subcommands it adds
+MODULES = {
+    "anygpt.train.cli": "tokenize, extend-vocab, pretrain, sft",
+    "anygpt.train.init_llm": "init-llm",
+    "anygpt.train.tokenize_chat": "tokenize-chat",
+    "anygpt.train.bundle_tokenizers": "bundle-tokenizers",
+    "anygpt.train.tokenizer_cli": "train-tokenizer, train-judge",
+    "anygpt.world.build": "world",
+    "anygpt.eval.nano": "eval",
+    "anygpt.demo": "demo",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the subcommands defined outside :mod:`anygpt.cli`."""
-    from anygpt.train.cli import register as register_training
-    from anygpt.train.init_llm import register as register_init_llm
-
-    register_training(sub)  # tokenize, extend-vocab, pretrain, sft
-    register_init_llm(sub)  # init-llm
-    from anygpt.train.tokenize_chat import register as register_tokenize_chat
-    from anygpt.world.build import register as register_world
-
-    register_tokenize_chat(sub)  # tokenize-chat
-    register_world(sub)  # world
+    """Add the subcommands of every module in :data:`MODULES`."""
+    for module in MODULES:
+        importlib.import_module(module).register(sub)

@@ -1,0 +1,1 @@
+"""Evaluation of nano models: judges that are trained or built apart from the models they measure."""
