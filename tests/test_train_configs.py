@@ -58,6 +58,8 @@ def test_every_file_is_covered():
             "accelerate_single_gpu.yaml",
             "ds_zero2.json",
             "ds_zero3.json",
+            "nano_pretrain.yaml",
+            "nano_sft.yaml",
             "stage1_pretrain.yaml",
             "stage2_sft.yaml",
         ]
@@ -104,6 +106,32 @@ def test_stage_files_hold_anygpts_values():
     # the dataclass defaults are the same values, so a run without --config matches
     assert PretrainConfig(model="m", datasets=[DataSpec("x")]).max_steps == 4096
     assert SFTConfig().learning_rate == 2e-5
+
+
+def test_nano_files_suit_a_small_model_on_a_cpu():
+    from types import SimpleNamespace
+
+    from anygpt.train.engine import run_notes
+    from anygpt.train.init_llm import InitLLMConfig
+
+    data = {"model": "m", "datasets": ["x.jsonl"]}
+    context = InitLLMConfig("", ()).max_context  # what 'anygpt init-llm' makes by default
+    model = SimpleNamespace(max_position_embeddings=context)
+    s1 = build_config(PretrainConfig, str(TRAIN / "nano_pretrain.yaml"), data)
+    s2 = build_config(SFTConfig, str(TRAIN / "nano_sft.yaml"), data)
+    assert s1.block_size == s2.model_max_length == context == 512
+    assert (s1.learning_rate, s1.lr_scheduler_type, s1.warmup_ratio) == (1e-3, "cosine", 0.05)
+    assert s2.learning_rate < s1.learning_rate and s2.lr_scheduler_type == "cosine"
+    for cfg in (s1, s2):
+        assert cfg.precision == "fp32" and not cfg.gradient_checkpointing and cfg.pack
+        assert cfg.adam_beta2 == 0.95 and cfg.val_set_size >= 20 and cfg.mixture == {}
+        assert cfg.max_steps == 800 and cfg.per_device_train_batch_size == 8
+        # several checkpoints and evaluations in a run, few enough to keep
+        assert cfg.max_steps // cfg.save_steps == cfg.max_steps // cfg.eval_steps == 8
+        assert cfg.logging_steps == 10 and cfg.save_total_limit == 3
+        assert run_notes(cfg, model, train_rows=10_000) == []  # nothing to warn about
+    assert s2.template == "mmgpt" and s2.weight_decay == 0.0 and s1.weight_decay == 0.1
+    assert (s1.output_dir, s2.output_dir) == ("runs/nano_pretrain", "runs/nano_sft")
 
 
 @pytest.mark.parametrize("name", ["ds_zero2.json", "ds_zero3.json"])

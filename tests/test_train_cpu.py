@@ -72,6 +72,12 @@ def test_notes_for_settings_a_small_cpu_run_does_not_want():
     assert any("4096 steps of 1 rows over 4 training rows are 1024 epochs" in n for n in notes)
     if not torch.cuda.is_available():
         assert any("--no-gradient-checkpointing" in n for n in notes)
+    batch = PretrainConfig(model="m", datasets=[DataSpec("x")], per_device_train_batch_size=8,
+                           block_size=512, max_steps=100)  # fmt: skip
+    assert run_notes(batch, small, train_rows=2) == [
+        "100 steps of 2 rows over 2 training rows are 100 epochs: the model will memorise them "
+        "(more data, or fewer steps)"
+    ]
     sft = SFTConfig(model="m", datasets=[DataSpec("x")], max_steps=10)
     assert any("--model-max-length 512" in n for n in run_notes(sft, small, train_rows=100))
     fitting = PretrainConfig(model="m", datasets=[DataSpec("x")], block_size=512, max_steps=100)

@@ -336,6 +336,7 @@ def run_notes(cfg: TrainConfig, model_config: Any, train_rows: int, processes: i
         )
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
     if train_rows:
+        per_step = min(per_step, train_rows)  # a batch never holds a row twice
         epochs = cfg.max_steps * per_step / train_rows
         if epochs > 10:
             notes.append(
