@@ -189,3 +189,51 @@ def test_command_line_and_errors(corpus, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.slow
+def test_nano_chain_on_the_command_line(corpus, tmp_path):
+    """init-llm -> extend-vocab -> pretrain and sft with the nano configs -> chat, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*argv):
+        r = subprocess.run([sys.executable, "-m", "anygpt", *argv], capture_output=True,
+                           text=True, env=env, timeout=900, cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    from anygpt.debug_bundle import write_debug_bundle
+
+    tokenizers = write_debug_bundle(tmp_path / "dbg", modalities=("speech",), soundstorm=False)
+    run("init-llm", str(tmp_path / "llm"), "--corpus", str(corpus), "--hidden", "64", "--layers",
+        "2", "--heads", "4", "--kv-heads", "2")  # fmt: skip
+    run("extend-vocab", str(tmp_path / "llm"), str(tmp_path / "b"), "--modalities", "speech",
+        "--modality-files", str(tokenizers))  # fmt: skip
+    rng = random.Random(0)
+    pairs, convs = tmp_path / "pairs.jsonl", tmp_path / "conv.jsonl"
+    sentences = world_sentences(60, seed=5)
+    with pairs.open("w") as f, convs.open("w") as g:
+        for s in sentences:
+            seg = "<sosp>" + "".join(f"<🗣️{rng.randrange(1024)}>" for _ in range(30)) + "<eosp>"
+            f.write(json.dumps({"speech": seg, "text": s}, ensure_ascii=False) + "\n")
+            conv = [{"role": "user", "message": f"{seg} what did i say"},
+                    {"role": "assistant", "message": s}]  # fmt: skip
+            g.write(json.dumps({"conversation": conv}, ensure_ascii=False) + "\n")
+    common = ["--max-steps", "3", "--save-steps", "2", "--eval-steps", "2", "--logging-steps", "1"]
+    r = run("pretrain", "--config", str(root / "config/train/nano_pretrain.yaml"), "--model",
+            str(tmp_path / "b"), "--data", str(pairs), "--output-dir", str(tmp_path / "s1"),
+            *common)  # fmt: skip
+    assert "step 3/3 (100%)" in r.stderr and "note:" not in r.stderr
+    assert (tmp_path / "s1" / "checkpoint-2" / "bundle.json").is_file()
+    r = run("sft", "--config", str(root / "config/train/nano_sft.yaml"), "--model",
+            str(tmp_path / "s1" / "final"), "--data", str(convs), "--output-dir",
+            str(tmp_path / "s2"), *common)  # fmt: skip
+    assert "step 3/3 (100%)" in r.stderr
+    r = run("chat", "--model", str(tmp_path / "s2" / "final"), "--seed", "0", "--max-new-tokens",
+            "8", "--output-dir", str(tmp_path / "o"), "hello")  # fmt: skip
+    assert "results: " in r.stdout
