@@ -104,27 +104,31 @@ def check_voice(voice: str) -> None:
 
 
 def trim_silence(wav: np.ndarray, sr: int, margin_s: float = TRIM_MARGIN_S) -> np.ndarray:
-    """Cut leading and trailing silence, keeping ``margin_s`` seconds on each side.
+    """Cut leading and trailing silence and keep exactly ``margin_s`` seconds on each side.
+
+    Where the audio has less silence than the margin (espeak-ng starts some words at once), zeros
+    are added, so every utterance starts and ends the same way.
 
     Args:
         wav: [T] float32.
 
     Returns:
-        [T'] float32 (a view when nothing needs padding).
+        [T'] float32 (empty when the input is all silence).
     """
     hop = max(1, sr // 100)  # 10 ms frames
-    n = len(wav) // hop
+    n = -(-len(wav) // hop)
     if n == 0:
         return wav
-    energy = (wav[: n * hop].reshape(n, hop) ** 2).mean(axis=1)
+    padded = np.zeros(n * hop, dtype=np.float32)
+    padded[: len(wav)] = wav
+    energy = (padded.reshape(n, hop) ** 2).mean(axis=1)
     peak = float(energy.max())
     if peak <= 0.0:
         return wav[:0]
     loud = np.nonzero(10.0 * np.log10(energy / peak + 1e-12) > _SILENCE_DB)[0]
-    margin = int(round(margin_s * sr))
-    start = max(0, int(loud[0]) * hop - margin)
-    stop = min(len(wav), (int(loud[-1]) + 1) * hop + margin)
-    return wav[start:stop]
+    start, stop = int(loud[0]) * hop, min(len(wav), (int(loud[-1]) + 1) * hop)
+    margin = np.zeros(int(round(margin_s * sr)), dtype=np.float32)
+    return np.concatenate([margin, wav[start:stop].astype(np.float32), margin])
 
 
 def speak(text: str, voice: str, rate: int, pitch: int | None = None) -> np.ndarray:
