@@ -17,10 +17,19 @@ import numpy as np
 
 from anygpt.world.vocab import SPEECH_RATE
 
-# Language voices (accents) and variants (speakers) the world combines.
+# A voice is an accent (espeak-ng language voice) with a speaker (variant).  Every accent is heard
+# in training; held-out voices are unseen speakers, and accent-speaker pairs never heard together.
 # "en" is British English; espeak-ng ignores variants written as "en-gb+VARIANT", so "en" it is.
-_ACCENTS_TRAIN = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan")
-_ACCENTS_HELDOUT = ("en-029", "en-gb-x-gbcwmd")
+_ACCENTS = (
+    "en-us",
+    "en",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-us-nyc",
+    "en-gb-x-gbclan",
+    "en-029",
+    "en-gb-x-gbcwmd",
+)
 _VARIANTS_TRAIN = ("", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3")
 _VARIANTS_HELDOUT = ("m6", "m7", "f4")
 
@@ -29,12 +38,20 @@ def _voice(accent: str, variant: str) -> str:
     return f"{accent}+{variant}" if variant else accent
 
 
-# Every train accent with every train variant (54 voices).
-VOICES_TRAIN: tuple[str, ...] = tuple(_voice(a, v) for a in _ACCENTS_TRAIN for v in _VARIANTS_TRAIN)
-# Unseen speakers on seen accents, and seen speakers with unseen accents (12 voices).
-VOICES_HELDOUT: tuple[str, ...] = tuple(
-    [_voice(a, v) for a in ("en-us", "en") for v in _VARIANTS_HELDOUT]
-    + [_voice(a, v) for a in _ACCENTS_HELDOUT for v in ("", "m3", "f2")]
+# One seen speaker per accent is held out with that accent (a different speaker each time).
+_PAIRS_HELDOUT = tuple(
+    _voice(a, _VARIANTS_TRAIN[(2 * i + 1) % len(_VARIANTS_TRAIN)]) for i, a in enumerate(_ACCENTS)
+)
+# 64 voices: 8 accents x 9 speakers, less the held-out pairs.
+VOICES_TRAIN: tuple[str, ...] = tuple(
+    v for a in _ACCENTS for v in (_voice(a, s) for s in _VARIANTS_TRAIN) if v not in _PAIRS_HELDOUT
+)
+# 12 voices: the 8 held-out pairs, and 4 unseen speakers.
+VOICES_HELDOUT: tuple[str, ...] = _PAIRS_HELDOUT + (
+    "en-us+m6",
+    "en+f4",
+    "en-029+m7",
+    "en-gb-scotland+f4",
 )
 RATES_TRAIN: tuple[int, ...] = (130, 145, 160, 175, 190)  # words per minute
 RATES_HELDOUT: tuple[int, ...] = (138, 168, 183)
