@@ -4,8 +4,11 @@ The bundle's token definitions are read off the tokenizers themselves (codebook 
 codes per image), so they always match; its ``bundle.json`` is what ``anygpt extend-vocab
 --modality-files`` takes to give an LLM those modalities::
 
-    anygpt bundle-tokenizers OUT image=vq-image:tok/image speech=nano-units:tok/speech \\
-        music=encodec:tok/music
+    anygpt bundle-tokenizers OUT image=vq-image:tok/image music=encodec:tok/music \\
+        speech=nano-units:model=tok/speech/nano_speech.safetensors,config=tok/speech/nano_speech.json
+
+A tokenizer is a folder (read as the entry's ``model`` file), or ``KEY=PATH`` pairs naming each
+file of the entry.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ import torch
 from anygpt.layout import ModalityTokens
 
 
-def entry_for(modality: str, family_type: str, folder: Path, options: dict | None = None):
-    """A bundle entry for a trained tokenizer folder, its tokens read off the loaded tokenizer."""
+def entry_for(modality: str, family_type: str, files: dict[str, Path], options: dict | None = None):
+    """A bundle entry for trained tokenizer files, its tokens read off the loaded tokenizer."""
     from anygpt.modalities.registry import BuildContext, ModalityEntry, family
 
     fam = family(family_type)
     opts = dict(options or {})
-    adapter = fam.build(BuildContext(modality, {"model": folder}, opts, torch.device("cpu")))
+    adapter = fam.build(BuildContext(modality, files, opts, torch.device("cpu")))
     sizes = tuple(int(s) for s in adapter.codebook_sizes)
     template = fam.tokens or _tags_for(modality)
     tokens = replace(
@@ -39,7 +42,30 @@ def entry_for(modality: str, family_type: str, folder: Path, options: dict | Non
     )
     if family_type == "encodec":
         opts.setdefault("num_codebooks", tokens.num_codebooks)
-    return ModalityEntry(family_type, tokens, {"model": folder.name}, opts)
+    return ModalityEntry(family_type, tokens, {k: str(v) for k, v in files.items()}, opts)
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, Path]]:
+    """``MODALITY=TYPE:FOLDER`` or ``MODALITY=TYPE:KEY=PATH,KEY=PATH`` -> (modality, type, files)."""
+    modality, _, rest = spec.partition("=")
+    family_type, _, where = rest.partition(":")
+    if not (modality and family_type and where):
+        raise ValueError(
+            f"expected MODALITY=TYPE:FOLDER or MODALITY=TYPE:KEY=PATH,..., got '{spec}'"
+        )
+    if "=" in where:
+        files = {}
+        for part in where.split(","):
+            key, _, path = part.partition("=")
+            if not (key and path):
+                raise ValueError(f"bad KEY=PATH '{part}' in '{spec}'")
+            files[key] = Path(path)
+    else:
+        files = {"model": Path(where)}
+    for path in files.values():
+        if not path.exists():
+            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+    return modality, family_type, files
 
 
 def _tags_for(modality: str) -> ModalityTokens:
@@ -64,17 +90,19 @@ def bundle_tokenizers(out: Path, specs: list[str], name: str = "", overwrite: bo
     try:
         entries = {}
         for spec in specs:
-            modality, _, rest = spec.partition("=")
-            family_type, _, folder = rest.partition(":")
-            if not (modality and family_type and folder):
-                raise ValueError(f"expected MODALITY=TYPE:FOLDER, got '{spec}'")
-            src = Path(folder)
-            if not src.is_dir():
-                raise FileNotFoundError(f"tokenizer folder {src} does not exist")
-            dst = tmp / modality
-            shutil.copytree(src, dst)
-            entries[modality] = entry_for(modality, family_type, dst)
-            entries[modality].files = {"model": modality}
+            modality, family_type, files = parse_spec(spec)
+            placed = {}
+            for key, src in files.items():  # copies inside the bundle, named as before
+                dst = tmp / modality / src.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if src.is_dir():
+                    shutil.copytree(src, dst)
+                else:
+                    shutil.copy2(src, dst)
+                placed[key] = dst
+            entry = entry_for(modality, family_type, placed)
+            entry.files = {k: str(p.relative_to(tmp)) for k, p in placed.items()}
+            entries[modality] = entry
         BundleConfig(llm="llm", modalities=entries, name=name).save(tmp)
         if out.exists():
             shutil.rmtree(out)
