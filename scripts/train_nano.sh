@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Reproduce models/anygpt-nano from nothing: world -> modality tokenizers -> text tokenizer and LLM
+# -> stage 1 -> stage 2 -> bundle -> evaluation.  Every step is an `anygpt` command a user can run.
+#
+#   bash scripts/train_nano.sh                 # the shipped recipe (about 2 hours on 2 CPU cores)
+#   TINY=1 OUT=/tmp/nano bash scripts/train_nano.sh   # a minutes-long run of every step (CI)
+#
+# WORK holds the world, tokenized data and checkpoints; OUT receives the finished bundle.  A step
+# whose result exists is skipped, so an interrupted run continues where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+A=.venv/bin/anygpt
+TINY=${TINY:-0}
+WORK=${WORK:-work/nano}
+OUT=${OUT:-models/anygpt-nano}
+THREADS=${THREADS:-2}
+mkdir -p "$WORK"
+
+if [ "$TINY" = 1 ]; then
+  WORLD_ARGS="--tiny"
+  IMAGE_ARGS="--steps 4 --batch-size 4 --val-size 1"
+  MUSIC_ARGS="--steps 4 --batch-size 2 --crop-s 0.5"
+  SPEECH_ARGS="--size tiny --units 32 --recogniser-steps 4 --vocoder-steps 4 --kmeans-iters 2 --batch-size 2"
+  LLM_ARGS="--vocab-size 300 --hidden 64 --layers 2 --heads 4 --kv-heads 2"
+  PRE_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
+  SFT_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
+  EVAL_LIMIT=2
+else
+  WORLD_ARGS=""
+  IMAGE_ARGS="--steps ${IMAGE_STEPS:-4000}"
+  MUSIC_ARGS="--steps ${MUSIC_STEPS:-3000}"
+  SPEECH_ARGS="${SPEECH_EXTRA:-}"
+  LLM_ARGS="--vocab-size 1024"
+  PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-800}"
+  SFT_ARGS="--max-steps ${SFT_STEPS:-600}"
+  EVAL_LIMIT=${EVAL_LIMIT:-50}
+fi
+
+step() { echo; echo "== $(date +%H:%M:%S) $*"; }
+W=$WORK/world
+T=$WORK/tokenizers
+
+step "world"
+[ -f "$W/world.json" ] || $A world "$W" --seed 0 $WORLD_ARGS
+
+step "image tokenizer (VQ)"
+[ -f "$T/image/config.json" ] || $A train-tokenizer image "$W/train/image.jsonl" --out "$T/image" $IMAGE_ARGS
+step "music tokenizer (EnCodec architecture)"
+[ -f "$T/music/config.json" ] || $A train-tokenizer music "$W/train/music.jsonl" --out "$T/music" \
+  --threads "$THREADS" $MUSIC_ARGS
+step "speech tokenizer (recogniser units + unit vocoder)"
+[ -f "$T/speech/nano_speech.json" ] || $A train-tokenizer speech "$W/train/speech.jsonl" --out "$T/speech" \
+  --threads "$THREADS" $SPEECH_ARGS
+[ -f "$T/bundle/bundle.json" ] || $A bundle-tokenizers "$T/bundle" \
+  "image=vq-image:$T/image" "music=encodec:$T/music" \
+  "speech=nano-units:model=$T/speech/nano_speech.safetensors,config=$T/speech/nano_speech.json"
+
+step "text tokenizer and a random LLaMA"
+CORPUS=$WORK/corpus.txt
+[ -f "$CORPUS" ] || .venv/bin/python -m anygpt.world.corpus "$W/train" "$CORPUS"
+[ -f "$WORK/llm0/config.json" ] || $A init-llm "$WORK/llm0" --corpus "$CORPUS" $LLM_ARGS
+[ -f "$WORK/bundle0/bundle.json" ] || $A extend-vocab "$WORK/llm0" "$WORK/bundle0" \
+  --modalities image,speech,music --modality-files "$T/bundle" --copy-modalities
+
+step "tokenize the world"
+D=$WORK/data
+mkdir -p "$D"
+for m in image speech music; do
+  $A tokenize "$W/train/$m.jsonl" --model "$WORK/bundle0" -o "$D/$m.jsonl" --device cpu
+done
+$A tokenize-chat "$W/train/dialogues.jsonl" --model "$WORK/bundle0" -o "$D/dialogues.jsonl" --device cpu
+
+step "stage 1: pretraining"
+[ -f "$WORK/pretrain/final/bundle.json" ] || $A pretrain --config config/train/nano_pretrain.yaml \
+  --model "$WORK/bundle0" --output-dir "$WORK/pretrain" --num-threads "$THREADS" \
+  --data "$D/image.jsonl,group=image" --data "$D/speech.jsonl,group=speech" \
+  --data "$D/music.jsonl,group=music" $PRE_ARGS
+step "stage 2: instruction tuning"
+[ -f "$WORK/sft/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
+  --model "$WORK/pretrain/final" --output-dir "$WORK/sft" --num-threads "$THREADS" \
+  --data "$D/dialogues.jsonl" $SFT_ARGS
+
+step "bundle -> $OUT"
+.venv/bin/python -m anygpt.world.ship "$WORK/sft/final" "$OUT" --world "$W"
+
+step "evaluation"
+$A eval --model "$OUT" --world "$W" --limit "$EVAL_LIMIT" --json "$WORK/eval.json"
