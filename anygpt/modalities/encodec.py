@@ -34,7 +34,8 @@ class EncodecModality(ModalityTokenizer):
     Args:
         name: modality name (``music`` or ``audio``).
         model_dir: local Hugging Face ``EncodecModel`` folder.
-        num_codebooks: codebooks to use (sets the bandwidth).
+        num_codebooks: codebooks to use (sets the bandwidth); ``None``: every codebook the
+            model's highest bandwidth gives (4 for AnyGPT's 32 kHz model, 2 for the nano one).
         window_s: seconds read from an input file (AnyGPT: 20 in the base CLI, 5 in chat).
         offset_s: where that window starts (AnyGPT picked a random offset; here it is fixed).
     """
@@ -47,7 +48,7 @@ class EncodecModality(ModalityTokenizer):
         name: str,
         model_dir: str | Path,
         *,
-        num_codebooks: int = 4,
+        num_codebooks: int | None = None,
         window_s: float | None = 20.0,
         offset_s: float = 0.0,
         device: str | torch.device = "cpu",
@@ -86,11 +87,11 @@ class EncodecModality(ModalityTokenizer):
 
             cfg = self.hf_config
             if (
-                self._num_codebooks * self._bits_per_codebook() * cfg.frame_rate / 1000
+                self.num_codebooks * self._bits_per_codebook() * cfg.frame_rate / 1000
                 > max(cfg.target_bandwidths) + 1e-6
             ):
                 raise ModalityError(
-                    f"{self.model_dir} cannot produce {self._num_codebooks} codebooks"
+                    f"{self.model_dir} cannot produce {self.num_codebooks} codebooks"
                 )
             self._model = (
                 EncodecModel.from_pretrained(str(self.model_dir), local_files_only=True)
@@ -109,7 +110,7 @@ class EncodecModality(ModalityTokenizer):
     def bandwidth(self) -> float:
         """The bandwidth (kbps) that yields ``num_codebooks`` codebooks."""
         cfg = self.hf_config
-        wanted = self._num_codebooks * self._bits_per_codebook() * cfg.frame_rate / 1000
+        wanted = self.num_codebooks * self._bits_per_codebook() * cfg.frame_rate / 1000
         for bw in cfg.target_bandwidths:  # use the model's own float to pass its membership check
             if abs(bw - wanted) < 0.05:
                 return bw
@@ -130,11 +131,15 @@ class EncodecModality(ModalityTokenizer):
 
     @property
     def num_codebooks(self) -> int:
+        if self._num_codebooks is None:  # read off the config (not the weights)
+            cfg = self.hf_config
+            per_codebook = self._bits_per_codebook() * cfg.frame_rate
+            self._num_codebooks = int(1000 * max(cfg.target_bandwidths) // per_codebook)
         return self._num_codebooks
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
-        return (int(self.hf_config.codebook_size),) * self._num_codebooks
+        return (int(self.hf_config.codebook_size),) * self.num_codebooks
 
     # ------------------------------------------------------------------ media
     def load(
@@ -166,15 +171,15 @@ class EncodecModality(ModalityTokenizer):
             x = torch.stack([w.reshape(-1) for w in group]).unsqueeze(1).to(self.device)
             out = model.encode(x, bandwidth=bandwidth, return_dict=True)
             codes = out.audio_codes[0]  # [B, K, T]
-            return list(codes[:, : self._num_codebooks].cpu())
+            return list(codes[:, : self.num_codebooks].cpu())
 
         return Codes.from_list(run_grouped(list(media), [int(w.shape[-1]) for w in media], run))
 
     @torch.inference_mode()
     def decode(self, codes: Codes, **_: Any) -> list[torch.Tensor]:
         """Codes [B, K, T] -> waveforms [hop * T_i]."""
-        if codes.codes.shape[1] != self._num_codebooks:
-            raise ModalityError(f"{self.name} codes need {self._num_codebooks} codebooks")
+        if codes.codes.shape[1] != self.num_codebooks:
+            raise ModalityError(f"{self.name} codes need {self.num_codebooks} codebooks")
         if any(int(n) == 0 for n in codes.lengths):
             raise ModalityError(
                 f"no {self.name} frames to decode (the model produced an empty span)"
@@ -239,7 +244,7 @@ def _build(ctx: BuildContext) -> EncodecModality:
     return EncodecModality(
         ctx.name,
         ctx.files["model"],
-        num_codebooks=int(ctx.options.get("num_codebooks", 4)),
+        num_codebooks=int(n) if (n := ctx.options.get("num_codebooks")) is not None else None,
         device=ctx.device,
         source=ctx.options.get("source"),
     )
