@@ -400,7 +400,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="JSON Lines manifest (audio + caption columns) to train on; "
         "default: fresh world melodies rendered on the fly",
     )
-    p.add_argument("--val-data", help="held-out manifest (default: 500 melodies of --val-seed)")
+    p.add_argument("--val-data", help="held-out manifest (default: melodies of --val-seed)")
     p.add_argument("--column", default=None, help="audio column (default: audio, else music)")
     p.add_argument("--caption-column", default="caption", help="falls back to 'text'")
     p.add_argument("--steps", type=int, default=1500)
@@ -409,6 +409,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-seed", type=int, default=424242)
+    p.add_argument("--val-size", type=int, default=500, help="rendered held-out melodies")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--no-augment", action="store_true", help="train on clean clips only")
@@ -429,7 +430,7 @@ def main(args: argparse.Namespace) -> int:
                 args.val_data, args.column, args.caption_column, cfg.clip_samples, cfg.sample_rate
             )
         else:
-            val_x, val_c = render_batch(random.Random(args.val_seed), 500)
+            val_x, val_c = render_batch(random.Random(args.val_seed), args.val_size)
         train_x = train_t = None
         if args.data:
             train_x, caps = read_labelled(

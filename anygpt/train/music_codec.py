@@ -385,6 +385,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="fraction of the steps trained without the quantizer first",
     )
     parser.add_argument("--commitment-weight", type=float, default=d.commitment_weight)
+    parser.add_argument("--waveform-weight", type=float, default=d.waveform_weight)
+    parser.add_argument("--logmag-weight", type=float, default=d.logmag_weight)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--max-minutes", type=float, help="stop (and save) past this wall time")
 
@@ -412,6 +414,8 @@ def main(args: argparse.Namespace) -> int:
         quantizer_dropout=args.quantizer_dropout,
         vq_start=args.vq_start,
         commitment_weight=args.commitment_weight,
+        waveform_weight=args.waveform_weight,
+        logmag_weight=args.logmag_weight,
         checkpoint_every=args.checkpoint_every,
         max_minutes=args.max_minutes,
     )
