@@ -15,11 +15,13 @@ TINY=${TINY:-0}
 WORK=${WORK:-work/nano}
 OUT=${OUT:-models/anygpt-nano}
 THREADS=${THREADS:-2}
+# torch takes every core by default; two jobs doing so on a shared machine slow each other 10x
+export OMP_NUM_THREADS=$THREADS
 mkdir -p "$WORK"
 
 if [ "$TINY" = 1 ]; then
   WORLD_ARGS="--tiny"
-  IMAGE_ARGS="--steps 4 --batch-size 4 --val-size 1"
+  IMAGE_ARGS="--steps 4 --batch-size 4"
   MUSIC_ARGS="--steps 4 --batch-size 2 --crop-s 0.5"
   SPEECH_ARGS="--size tiny --units 32 --recogniser-steps 4 --vocoder-steps 4 --kmeans-iters 2 --batch-size 2"
   LLM_ARGS="--vocab-size 300 --hidden 64 --layers 2 --heads 4 --kv-heads 2"
@@ -32,8 +34,8 @@ else
   MUSIC_ARGS="--steps ${MUSIC_STEPS:-3000}"
   SPEECH_ARGS="${SPEECH_EXTRA:-}"
   LLM_ARGS="--vocab-size 1024"
-  PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-800}"
-  SFT_ARGS="--max-steps ${SFT_STEPS:-600}"
+  PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-1000}"
+  SFT_ARGS="--max-steps ${SFT_STEPS:-500}"
   EVAL_LIMIT=${EVAL_LIMIT:-50}
 fi
 
@@ -45,7 +47,8 @@ step "world"
 [ -f "$W/world.json" ] || $A world "$W" --seed 0 $WORLD_ARGS
 
 step "image tokenizer (VQ)"
-[ -f "$T/image/config.json" ] || $A train-tokenizer image "$W/train/image.jsonl" --out "$T/image" $IMAGE_ARGS
+[ -f "$T/image/config.json" ] || $A train-tokenizer image "$W/train/image.jsonl" --out "$T/image" \
+  --val-data "$W/heldout/image.jsonl" $IMAGE_ARGS
 step "music tokenizer (EnCodec architecture)"
 [ -f "$T/music/config.json" ] || $A train-tokenizer music "$W/train/music.jsonl" --out "$T/music" \
   --threads "$THREADS" $MUSIC_ARGS
@@ -74,7 +77,7 @@ $A tokenize-chat "$W/train/dialogues.jsonl" --model "$WORK/bundle0" -o "$D/dialo
 step "stage 1: pretraining"
 [ -f "$WORK/pretrain/final/bundle.json" ] || $A pretrain --config config/train/nano_pretrain.yaml \
   --model "$WORK/bundle0" --output-dir "$WORK/pretrain" --num-threads "$THREADS" \
-  --data "$D/image.jsonl,group=image" --data "$D/speech.jsonl,group=speech" \
+  --data "$D/image.jsonl,group=image,x2t=0.5" --data "$D/speech.jsonl,group=speech" \
   --data "$D/music.jsonl,group=music" $PRE_ARGS
 step "stage 2: instruction tuning"
 [ -f "$WORK/sft/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
