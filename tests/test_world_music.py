@@ -66,17 +66,17 @@ def test_notes_follow_mode_and_register():
 
 
 def _onsets_per_second(wave: np.ndarray) -> float:
-    """Spectral-flux onsets (log magnitude rises summed over bins, peaks 80 ms apart)."""
-    hop, n_fft = 160, 512
-    frames = np.lib.stride_tricks.sliding_window_view(wave, n_fft)[::hop] * np.hanning(n_fft)
-    mag = np.abs(np.fft.rfft(frames, axis=1))
-    logmag = np.log(mag + 0.01 * mag.max())  # a -40 dB floor: release splatter is no onset
-    flux = np.maximum(logmag[1:] - logmag[:-1], 0).sum(axis=1)
-    thresh = flux.mean() + 1.5 * flux.std()
-    count, last = 0, -100
-    for i in range(1, len(flux) - 1):
-        if flux[i] > thresh and flux[i] >= flux[i - 1] and flux[i] >= flux[i + 1] and i - last > 8:
+    """Energy onsets: the level (10 ms frames) rises 6 dB above its minimum of the last 60 ms;
+    one onset per rise, at least 120 ms apart."""
+    frames = wave[: wave.size // 160 * 160].reshape(-1, 160)
+    db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    db = np.maximum(db, db.max() - 50)
+    count, last, above = 0, -100, False
+    for i in range(6, len(db)):
+        rising = db[i] - db[i - 6 : i].min() > 6
+        if rising and not above and i - last > 12:
             count, last = count + 1, i
+        above = rising
     return count / (len(wave) / MUSIC_RATE)
 
 

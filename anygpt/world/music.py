@@ -6,8 +6,9 @@ A :class:`Melody` is one 3 s clip (16 kHz mono) of one instrument playing one no
 * mood: ``happy`` melodies use only the tones of a major triad (root, major third, fifth),
   ``sad`` ones those of a minor triad (root, minor third, fifth), so the mode is never ambiguous;
   the melody starts and ends on the root and plays the third at least once;
-* instrument: ``piano`` (struck, slightly inharmonic partials with exponential decay), ``organ``
-  (steady harmonics, flat envelope) or ``flute`` (near-sine with vibrato and breath noise);
+* instrument: ``piano`` (struck, slightly inharmonic partials with a fast exponential decay),
+  ``organ`` (steady harmonics, flat envelope, abrupt ends) or ``flute`` (near-sine with a swelling
+  attack, vibrato, tremolo and breath noise): each differs in spectrum and in envelope;
 * register: ``low`` (every note in C3-B3, MIDI 48-59) or ``high`` (C5-C6, MIDI 72-84).
 
 The key (root pitch class), the exact tempo, the contour, small timbre variations and the noise
@@ -176,7 +177,9 @@ class _Piano:
         return {
             "amps": (1.0 / k**1.1) * rs.uniform(0.7, 1.0, k.size),
             "inharm": rs.uniform(2e-4, 6e-4),
-            "tau": rs.uniform(0.45, 0.7),  # seconds, decay of the fundamental
+            # seconds, decay of the fundamental: short enough that every note audibly dies away,
+            # an envelope that survives even a dull recording or a coarse codec
+            "tau": rs.uniform(0.25, 0.4),
         }
 
     def note(self, f0: float, n: int, last: bool, p: dict, rs: np.random.Generator) -> np.ndarray:
@@ -210,27 +213,32 @@ class _Organ:
 
 
 class _Flute:
-    """Near-sine with a delayed vibrato, soft attack and breath noise."""
+    """Near-sine with a swelling attack, delayed vibrato and tremolo, and breath noise.
+
+    The swell and the tremolo (amplitude moving at the vibrato rate) are envelope cues, which stay
+    audible when the upper partials and the noise are lost."""
 
     def params(self, rs: np.random.Generator) -> dict:
         return {
             "amps": np.array([1.0, rs.uniform(0.12, 0.22), rs.uniform(0.03, 0.08)]),
             "vib_hz": rs.uniform(4.5, 5.5),
-            "vib_depth": rs.uniform(0.003, 0.006),  # relative frequency deviation
+            "vib_depth": rs.uniform(0.008, 0.012),  # relative frequency deviation (< 1/4 tone)
+            "tremolo": rs.uniform(0.12, 0.2),  # relative amplitude deviation
             "breath": rs.uniform(0.05, 0.08),
         }
 
     def note(self, f0: float, n: int, last: bool, p: dict, rs: np.random.Generator) -> np.ndarray:
         sounding = n if last else int(0.88 * n)
         t = np.arange(sounding) / MUSIC_RATE
-        vib = p["vib_depth"] * np.clip(t / 0.15, 0.0, 1.0) * np.sin(2 * np.pi * p["vib_hz"] * t)
+        lfo = np.clip(t / 0.15, 0.0, 1.0) * np.sin(2 * np.pi * p["vib_hz"] * t)
+        vib = p["vib_depth"] * lfo
         phase = 2 * np.pi * np.cumsum(f0 * (1.0 + vib)) / MUSIC_RATE
         y = sum(a * np.sin((k + 1) * phase) for k, a in enumerate(p["amps"]) if f0 * (k + 1) < 7600)
         # breath: white noise, first-differenced (tilted up), loudest during the attack
         noise = np.diff(rs.standard_normal(sounding + 1)) * 0.5
         chiff = 1.0 + 2.0 * np.exp(-t / 0.04)
-        y = y + p["breath"] * chiff * noise
-        y *= _fade(sounding, int(0.05 * MUSIC_RATE), int(0.04 * MUSIC_RATE))
+        y = (y + p["breath"] * chiff * noise) * (1.0 + p["tremolo"] * lfo)
+        y *= _fade(sounding, int(0.09 * MUSIC_RATE), int(0.04 * MUSIC_RATE))
         return np.pad(y, (0, n - sounding))
 
 
