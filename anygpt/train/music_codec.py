@@ -38,17 +38,17 @@ class MusicCodecConfig:
     checkpoint_dir: str | None = None  # default: OUT/checkpoint
     # model
     sample_rate: int = 16000
-    num_filters: int = 16
+    num_filters: int = 12
     hidden_size: int = 64  # = codebook dimension
     upsampling_ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 4])
     num_lstm_layers: int = 1
     codebook_size: int = 1024
     num_codebooks: int = 2
     # training
-    steps: int = 2000
-    batch_size: int = 8
-    crop_s: float = 1.0
-    lr: float = 1e-3
+    steps: int = 4000
+    batch_size: int = 4
+    crop_s: float = 0.96
+    lr: float = 2e-3
     warmup: int = 100
     seed: int = 0
     threads: int = 1
@@ -56,14 +56,15 @@ class MusicCodecConfig:
     dead_fraction: float = 0.1
     quantizer_dropout: float = 0.0
     commitment_weight: float = 1.0
-    waveform_weight: float = 0.1
+    # 0: a waveform loss punishes partials whose phase is unsure, so the decoder learns to drop them
+    waveform_weight: float = 0.0
     sc_weight: float = 1.0
     logmag_weight: float = 1.0
     init_clips: int = 64  # clips whose encoder outputs seed the codebooks by k-means
     # first steps train the plain autoencoder (no quantizer); the codebooks then start from
     # k-means of encoder outputs that already carry the signal, instead of collapsing on the
     # near-constant output of a random encoder
-    vq_start: float = 0.2  # fraction of the steps
+    vq_start: float = 0.3  # fraction of the steps (or of --max-minutes)
     checkpoint_every: int = 250
     log_every: int = 50  # steps between entries of the loss history
     max_minutes: float | None = None  # stop early (saving) past this wall time
@@ -165,7 +166,7 @@ def train_music_codec(cfg: MusicCodecConfig) -> dict:
     start, history, quantizing, spent = 0, [], False, 0.0
     state_file = ckpt_dir / "state.pt"
     if state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=True)  # plain containers and tensors only
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
