@@ -182,7 +182,7 @@ class ExtendVocabConfig:
 
     source: str
     output: str
-    modalities: tuple[str, ...] = ("image", "speech", "music", "audio")
+    modalities: tuple[str, ...] = tuple(DEFINITIONS)  # AnyGPT's, in its order
     modality_files: str | None = None
     copy_modalities: bool = False
     sft_tags: bool = True
