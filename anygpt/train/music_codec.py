@@ -38,7 +38,7 @@ class MusicCodecConfig:
     checkpoint_dir: str | None = None  # default: OUT/checkpoint
     # model
     sample_rate: int = 16000
-    num_filters: int = 12
+    num_filters: int = 8
     hidden_size: int = 64  # = codebook dimension
     upsampling_ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 4])
     num_lstm_layers: int = 1
@@ -56,8 +56,8 @@ class MusicCodecConfig:
     dead_fraction: float = 0.1
     quantizer_dropout: float = 0.0
     commitment_weight: float = 1.0
-    # 0: a waveform loss punishes partials whose phase is unsure, so the decoder learns to drop them
-    waveform_weight: float = 0.0
+    # keeps silences silent; without it the decoder fills gaps between notes with noise
+    waveform_weight: float = 0.1
     sc_weight: float = 1.0
     logmag_weight: float = 1.0
     init_clips: int = 64  # clips whose encoder outputs seed the codebooks by k-means
