@@ -274,6 +274,27 @@ def test_long_conversations_lose_later_turns(tok):
         SFTExamples(tok, MMGPT_TEMPLATE, 20)(row, DataSpec("x"), random.Random(0))
 
 
+def test_sft_replays_stage_one_pairs(tok, modalities):
+    replay = PretrainExamples(tok, modalities, 4096, train_on_prompt=False)
+    fn = SFTExamples(tok, MMGPT_TEMPLATE, 4096, replay)
+    pair = {"text": "hello world", "speech": SPEECH_SEG}
+    spec = DataSpec("x", name="cap", x2t_prob=1.0)
+    ex = fn(pair, spec, random.Random(0))
+    want = replay(pair, spec, random.Random(0))
+    assert ex.ids.tolist() == want.ids.tolist() and ex.loss.tolist() == want.loss.tolist()
+    assert ex.notes == ("replay", "speech x2t")
+    # conversations still go through the chat template; without a replay builder a pair is skipped
+    row = {
+        "conversation": [{"role": "user", "message": "hi"}, {"role": "assistant", "message": "yo"}]
+    }
+    assert (
+        fn(row, spec, random.Random(0)).ids.tolist()
+        == fn.encode([("user", "hi"), ("assistant", "yo")]).ids.tolist()
+    )
+    with pytest.raises(SkipExample, match="no conversation"):
+        SFTExamples(tok, MMGPT_TEMPLATE, 4096)(pair, spec, random.Random(0))
+
+
 # ---------------------------------------------------------------------- mixture and split
 def test_validation_split():
     tr, va = split_validation(10, 5, 42)

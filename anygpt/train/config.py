@@ -33,7 +33,7 @@ class DataSpec:
             for ``caption`` in it.
         group: mixture group (default: ``name``).  Datasets of one group are pooled and sampled
             uniformly, as AnyGPT pooled its three speech datasets; ``mixture`` weights groups.
-        x2t_prob: stage 1 only: probability of the modality -> text direction (default: AnyGPT's
+        x2t_prob: stage-1 pairs (and their replay in stage 2): probability of the modality -> text direction (default: AnyGPT's
             rule, see :func:`anygpt.train.pretrain_data.default_x2t_prob`).
     """
 

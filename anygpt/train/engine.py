@@ -390,8 +390,10 @@ def run_training(
         cfg.save(out / "train_config.json")
 
     if isinstance(cfg, SFTConfig):
-        fn = SFTExamples(tokenizer, chat_template(cfg.template), cfg.max_length)
-        extra = {"template": cfg.template}
+        # stage-1 rows among the SFT data are replayed with answer-only loss
+        replay = PretrainExamples(tokenizer, layout.modalities, cfg.max_length, False)
+        fn = SFTExamples(tokenizer, chat_template(cfg.template), cfg.max_length, replay)
+        extra = {"template": cfg.template, "replay": "stage-1 pairs, answer-only loss"}
     else:
         fn = PretrainExamples(tokenizer, layout.modalities, cfg.max_length, cfg.train_on_prompt)
         extra = {"train_on_prompt": cfg.train_on_prompt}

@@ -17,6 +17,11 @@ appended, and tokenized once.  Loss is on the tokens of each assistant message, 
 ``[MMGPT]: `` role prefixes carry none.  Spans are found from character positions, never from
 token-length arithmetic (AnyGPT's Vicuna-style count broke on ``<eom>``, which is not a token).
 
+Replay of stage-1 data: a row with no conversation but a modality pair (``{"text": ..., "image":
+...}``, stage 1's format) is rendered as a stage-1 instruction pair when a ``replay`` builder is
+given, so that stage 2 can keep practising stage 1's tasks (a little of it stops instruction tuning
+from wiping out what pretraining taught; counted as ``replay``).
+
 Over-long conversations: the latest turns are dropped, one user/assistant pair at a time, until
 the rest fits ``model_max_length`` (counted as truncated); if not even the first pair fits, the
 conversation is skipped (counted).  A turn is never cut in the middle.
@@ -28,7 +33,7 @@ import random
 
 from anygpt.prompts import ChatTemplate, Conversation
 from anygpt.train.config import DataSpec
-from anygpt.train.data import Example, SkipExample
+from anygpt.train.data import Example, ExampleFn, SkipExample
 from anygpt.train.tokens import encode_with_loss
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
@@ -91,10 +96,13 @@ def render_with_spans(
 class SFTExamples:
     """Builds stage-2 examples (see the module docstring)."""
 
-    def __init__(self, tokenizer, template: ChatTemplate, max_length: int) -> None:
+    def __init__(
+        self, tokenizer, template: ChatTemplate, max_length: int, replay: ExampleFn | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
+        self.replay = replay
 
     def encode(self, turns: list[tuple[str, str]]) -> Example:
         text, spans = render_with_spans(self.template, turns)
@@ -102,6 +110,10 @@ class SFTExamples:
         return Example(ids, loss)
 
     def __call__(self, row: dict, spec: DataSpec, rng: random.Random) -> Example:
+        if self.replay is not None and "conversation" not in row and "conversations" not in row:
+            ex = self.replay(row, spec, rng)
+            ex.notes = ("replay", *ex.notes)
+            return ex
         turns, notes = conversation_turns(row)
         ex = self.encode(turns)
         pairs = len(turns) // 2
