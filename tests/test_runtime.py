@@ -89,7 +89,7 @@ def test_chat_turn_through_the_python_api(debug_bundle):
 def test_anygpt_template_replies_stop_at_eom(debug_bundle, tmp_path, monkeypatch):
     """``<eom>`` is plain text in AnyGPT's template: generation must be told to stop on it."""
     from anygpt.bundle import Bundle
-    from anygpt.runtime import chat as chat_module
+    from anygpt.runtime import engine as engine_module
     from anygpt.runtime.engine import Engine
 
     copy = tmp_path / "b"
@@ -104,7 +104,7 @@ def test_anygpt_template_replies_stop_at_eom(debug_bundle, tmp_path, monkeypatch
         seen.update(kw)
         return [bundle.tokenizer.encode("fine thanks<eom>", add_bos=False)]
 
-    monkeypatch.setattr(chat_module, "generate", fake_generate)
+    monkeypatch.setattr(engine_module, "generate", fake_generate)
     session = Engine(bundle, seed=0).chat()
     out = session.turn("interleaved|how are you")
     assert tuple(seen["stop_texts"]) == ("<eom>",)

@@ -8,8 +8,9 @@ what the model said.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
-from anygpt.generation import generate
+from anygpt.config import DecodingConfig
 from anygpt.modalities.base import ModalityError
 from anygpt.prompts import TASK_PROMPTS, Conversation, interleaved_user_message
 from anygpt.runtime.engine import Engine, Outcome
@@ -76,11 +77,29 @@ class ChatSession:
 
     def turn(self, line: str) -> Outcome:
         """Handle one user line; the history changes only if the turn succeeds."""
-        outcome = Outcome(line)
+        try:
+            req = parse_chat_line(line, self.engine.bundle.modality_names)
+            turn = self.prepare(req, line)
+        except REQUEST_ERRORS as exc:
+            return Outcome(line, error=str(exc))
+        eng = self.engine
+        try:
+            new = eng.generate_ids(
+                [turn.prompt], turn.decoding, seed=eng.next_seed(), stop_texts=turn.stop_texts
+            )[0]
+        except REQUEST_ERRORS as exc:
+            self.conversation.messages[:] = turn.saved
+            return Outcome(line, error=str(exc))
+        return self.finish(turn, new)
+
+    def prepare(self, req: ChatRequest, line: str = "") -> PreparedTurn:
+        """Encode the user's media, add the message and build the prompt (nothing generated).
+
+        On an error the history is left as it was and the error is raised.
+        """
         saved = list(self.conversation.messages)
         eng = self.engine
         try:
-            req = parse_chat_line(line, eng.bundle.modality_names)
             message = self.user_message(req)
             if not message:
                 raise RequestError("empty message")
@@ -88,28 +107,42 @@ class ChatSession:
             cfg = eng.decoding(target, chat=True)
             self.conversation.add_user(message)
             prompt = self._prompt_ids(cfg.max_new_tokens)
-            stop_texts = eng.stop_texts(chat=True)
-            new = generate(
-                eng.bundle.llm,
-                eng.layout,
-                [prompt],
-                eng.fit([prompt], cfg),
-                stop_ids=eng.stop_ids(),
-                seed=eng.next_seed(),
-                stop_texts=stop_texts,
-                on_step=eng.on_token,
-            )[0]
-            new = cut_stop_text(new, stop_texts, eng.tokenizer)
+        except REQUEST_ERRORS:
+            self.conversation.messages[:] = saved
+            raise
+        return PreparedTurn(
+            line, req, prompt, eng.fit([prompt], cfg), eng.stop_texts(chat=True), saved
+        )
+
+    def finish(
+        self,
+        turn: PreparedTurn,
+        new: list[int],
+        *,
+        decode: bool | set[str] = True,
+        seed: int | None = None,
+    ) -> Outcome:
+        """The outcome of generated ids ``new``: history, display text and decoded media.
+
+        ``decode``: decode every modality span (True), none (False), or those named.
+        """
+        outcome = Outcome(turn.line)
+        eng = self.engine
+        req = turn.request
+        try:
+            new = cut_stop_text(new, turn.stop_texts, eng.tokenizer)
             segments = eng.layout.find_segments(new)
             self.conversation.add_assistant(history_text(new, segments, eng.layout))
             by_mod: dict[str, list[list[int]]] = defaultdict(list)
             for seg in segments:
-                by_mod[seg.modality].append(seg.body)
+                if decode is True or (decode and seg.modality in decode):
+                    by_mod[seg.modality].append(seg.body)
             for modality, bodies in by_mod.items():
                 voice = (req.voice_prompt or self.voice) if modality == "speech" else None
+                step_seed = eng.next_seed() if seed is None else seed + len(outcome.media)
                 try:
                     media, notes = eng.decode_media(
-                        modality, bodies, req.text or "reply", voice or None, seed=eng.next_seed()
+                        modality, bodies, req.text or "reply", voice or None, seed=step_seed
                     )
                 except ModalityError as exc:  # the text reply stands; say what was not decoded
                     outcome.notes.append(f"{modality} not decoded: {exc}")
@@ -118,9 +151,21 @@ class ChatSession:
                 outcome.notes += notes
             outcome.text = display_text(new, segments, eng.layout)
         except REQUEST_ERRORS as exc:
-            self.conversation.messages[:] = saved
+            self.conversation.messages[:] = turn.saved
             outcome.error = str(exc)
         return outcome
+
+
+@dataclass
+class PreparedTurn:
+    """A chat turn ready to generate: the prompt ids and how to decode them."""
+
+    line: str
+    request: ChatRequest
+    prompt: list[int]
+    decoding: DecodingConfig
+    stop_texts: tuple[str, ...]
+    saved: list[tuple[str, str]]
 
 
 def cut_stop_text(ids: list[int], stop_texts: tuple[str, ...], tokenizer) -> list[int]:

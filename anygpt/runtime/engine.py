@@ -77,6 +77,9 @@ class Engine:
         self.batch_size = max(1, batch_size)
         self.max_new_tokens = max_new_tokens
         self.instruction = instruction
+        # The LLM stage: ``None`` runs :func:`anygpt.generation.generate` on the bundle's LLM; a
+        # server may set another backend (same call, see :meth:`generate_ids`).
+        self.backend: Any = None
         self._calls = 0
 
     # ------------------------------------------------------------------ helpers
@@ -119,6 +122,29 @@ class Engine:
         """``cfg`` with ``max_new_tokens`` cut to what the context leaves after the prompts."""
         room = self.bundle.config.max_context - max(len(p) for p in prompts)
         return cfg.with_overrides(max_new_tokens=max(1, min(cfg.max_new_tokens, room)))
+
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        cfg: DecodingConfig,
+        *,
+        seed: int | None = None,
+        stop_texts: tuple[str, ...] = (),
+        on_step: TokenHook | None = None,
+    ) -> list[list[int]]:
+        """New ids per prompt (cut before the first stop id), through :attr:`backend` if set.
+
+        ``on_step`` (default: the engine's ``on_token``) gets the new ids so far ``[B, t]``.
+        """
+        kwargs = dict(
+            stop_ids=self.stop_ids(),
+            seed=seed,
+            stop_texts=stop_texts,
+            on_step=on_step or self.on_token,
+        )
+        if self.backend is not None:
+            return self.backend.generate(prompts, cfg, **kwargs)
+        return generate(self.bundle.llm, self.layout, prompts, cfg, **kwargs)
 
     def check_length(self, ids: list[int]) -> None:
         limit = self.bundle.config.max_context
@@ -259,15 +285,7 @@ class Engine:
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 batch = [prompts[i] for i in chunk]
-                new = generate(
-                    self.bundle.llm,
-                    self.layout,
-                    batch,
-                    self.fit(batch, cfg),
-                    stop_ids=self.stop_ids(),
-                    seed=self.next_seed(),
-                    on_step=self.on_token,
-                )
+                new = self.generate_ids(batch, self.fit(batch, cfg), seed=self.next_seed())
                 for i, ids in zip(chunk, new, strict=True):
                     self._finish_base(requests[i], outcomes[i], ids)
                     done(outcomes[i])
