@@ -1,4 +1,8 @@
-"""Batched LLM generation with modality-span constraints.
+"""Generation through transformers' ``generate``, with the modality-span constraint as a logits
+processor.
+
+The engine's own loop (:mod:`anygpt.generation.loop`) replaces this path for everything but beam
+search (``num_beams > 1``); it stays as the reference the loop's greedy outputs are tested against.
 
 Prompts of different lengths are left-padded and generated together.  Inside a modality span the
 next token is restricted by the :class:`~anygpt.layout.TokenLayout`: after ``<sosp>`` only speech
@@ -157,7 +161,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
 
 
 @torch.inference_mode()
-def generate(
+def hf_generate(
     model,
     layout: TokenLayout,
     prompts: Sequence[Sequence[int]],
