@@ -1,0 +1,1 @@
+"""``anygpt serve``: an OpenAI-compatible HTTP server over the shared inference engine."""

@@ -1,0 +1,84 @@
+"""``anygpt serve``: start the OpenAI-compatible server on a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, speech, images)")
+    p.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the engine (requests may set one)"
+    )
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--max-request-mb", type=float, default=25.0, help="largest request body")
+    p.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest audio input")
+    p.add_argument("--max-concurrency", type=int, default=64, help="requests in flight (429 above)")
+    p.add_argument(
+        "--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask"
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="sequences generated together")
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long to wait for requests to batch with")  # fmt: skip
+    p.add_argument("--media-root", default=None, help="folder file:// image URLs may read")
+    p.add_argument("--stream-chunk", type=int, default=20, help="speech frames per streamed chunk")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(handler=main)
+
+
+def build(args: argparse.Namespace):
+    """(app, model id) from parsed arguments; loads the bundle's text side and LLM up front."""
+    import anygpt
+    from anygpt.serve.app import create_app
+    from anygpt.serve.backend import make_backend
+    from anygpt.serve.protocol import Limits
+    from anygpt.serve.worker import BatchingWorker
+
+    engine = anygpt.load(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    engine.bundle.llm  # noqa: B018 - fail now, not on the first request, when the LLM is broken
+    if args.backend != "transformers":
+        engine.backend = make_backend(args.backend, engine.bundle)
+    limits = Limits(
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        max_audio_seconds=args.max_audio_seconds,
+        max_concurrency=args.max_concurrency,
+        max_tokens=args.max_tokens,
+        batch_window_s=args.batch_window_ms / 1000,
+        max_batch=args.max_batch,
+        media_root=Path(args.media_root) if args.media_root else None,
+    )
+    worker = BatchingWorker(
+        engine,
+        window_s=limits.batch_window_s,
+        max_batch=limits.max_batch,
+        stream_options={"chunk": args.stream_chunk},
+    )
+    model_id = engine.bundle.config.name or engine.bundle.root.name
+    from anygpt.serve.app import BodyLimit
+
+    return BodyLimit(
+        create_app(engine, worker, limits, model_id), limits.max_request_bytes
+    ), model_id
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("error: anygpt serve needs the serve extra: pip install -e .[serve]", file=sys.stderr)
+        return 1
+    try:
+        app, model_id = build(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"serving {model_id} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,377 @@
+"""Where the server's model work runs: one LLM thread that batches what arrives together, and one
+acoustic thread that turns streamed speech codes into audio windows.
+
+The app talks to :class:`Generation` only (``submit(job)``), so a continuous-batching scheduler can
+replace :class:`BatchingWorker` without touching the app.  The engine is not thread-safe, so every
+engine call (media encoding, generation, whole-utterance decoding) runs on the LLM thread; the
+acoustic thread only calls the speech tokenizer's ``decode`` on windows.
+
+Cancellation: a job whose client went away is skipped if it has not started; in a running batch
+its rows stop producing events, and when every job of the batch is cancelled generation stops at
+the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from anygpt.runtime.chat import ChatSession, PreparedTurn, display_text
+from anygpt.runtime.engine import Engine, Outcome
+from anygpt.runtime.requests import REQUEST_ERRORS, ChatRequest
+from anygpt.serve.streaming import WindowedSpeech
+
+
+class Cancelled(Exception):
+    """Every job of a running batch was cancelled."""
+
+
+@dataclass
+class ChatJob:
+    """One chat completion: the conversation, how to decode, and where events go.
+
+    ``history``: earlier (role, text, images, speech) messages; ``request``: the last user turn.
+    Events (on the app's loop): ``("text", choice, delta)``, ``("audio", choice, future)`` (a
+    future of ``(window, waveform)`` pairs), ``("done", outcomes)`` or ``("error", exc)``.
+    """
+
+    history: list[Any]
+    request: ChatRequest
+    n: int = 1
+    overrides: dict = field(default_factory=dict)
+    seed: int | None = None
+    stream: bool = False
+    stream_speech: bool = False
+    decode: bool | set[str] = True
+    # start the reply with the requested modality's start tag (as base ``text|X`` prompts do),
+    # so a client that asks for audio gets audio
+    force_start: bool = True
+    events: asyncio.Queue | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # filled on the worker
+    turn: PreparedTurn | None = None
+    session: ChatSession | None = None
+    speech: list[WindowedSpeech] = field(default_factory=list)
+    sent_text: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    prefix: list[int] = field(default_factory=list)
+
+    def emit(self, *event: Any) -> None:
+        if self.loop is not None and self.events is not None:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+@dataclass
+class BaseJob:
+    """Base-model request lines (``text|speech|...``) with their seed; events as for chat."""
+
+    lines: list[str]
+    seed: int | None = None
+    events: asyncio.Queue | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, *event: Any) -> None:
+        if self.loop is not None and self.events is not None:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Generation(Protocol):
+    """The interface the app uses: queue a job; its events arrive on ``job.events``."""
+
+    def submit(self, job: ChatJob | BaseJob) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AcousticStage:
+    """A thread decoding speech windows; windows queued together with the same voice share one
+    ``decode`` call (the tokenizer groups equal lengths into one forward pass)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="anygpt-acoustic", daemon=True)
+        self.thread.start()
+
+    def submit(self, codes: torch.Tensor, windows: list, voice: str | None, seed: int | None):
+        fut: Future = Future()
+        self.jobs.put((codes, windows, voice, seed, fut))
+        return fut
+
+    def close(self) -> None:
+        self.jobs.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            pending = [first]
+            while True:
+                try:
+                    item = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.jobs.put(None)
+                    break
+                pending.append(item)
+            groups: dict[Any, list] = defaultdict(list)
+            for item in pending:
+                seed = item[3]
+                # seeded windows decode alone, so their output does not depend on the batch
+                groups[(item[2], seed, id(item) if seed is not None else 0)].append(item)
+            for (voice, seed, _), items in groups.items():
+                self._decode(items, voice, seed)
+
+    def _decode(self, items: list, voice: str | None, seed: int | None) -> None:
+        from anygpt.modalities.base import Codes
+
+        try:
+            tok = self.engine.bundle.modality("speech")
+            kw: dict[str, Any] = {}
+            if voice:
+                kw["voice_prompt"] = tok.load_voice_prompt(voice)
+            if seed is not None:
+                kw["generator"] = torch.Generator().manual_seed(seed)
+            spans = [(codes[:, w.start : w.stop], w) for codes, ws, *_ in items for w in ws]
+            waves = tok.decode(Codes.from_list([s for s, _ in spans]), **kw)
+            k = 0
+            for _codes, ws, _v, _s, fut in items:
+                fut.set_result([(w, waves[k + i]) for i, w in enumerate(ws)])
+                k += len(ws)
+        except Exception as exc:  # noqa: BLE001 - the error goes to the waiting request
+            for *_, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+
+class BatchingWorker:
+    """Runs jobs on one thread, batching the jobs that arrive within ``window_s`` of each other.
+
+    Chat jobs with the same decoding settings (and no seed) are generated together, up to
+    ``max_batch`` sequences; base lines of all waiting jobs go to one ``Engine.run_base`` call.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        window_s: float = 0.01,
+        max_batch: int = 16,
+        stream_options: dict | None = None,
+    ) -> None:
+        self.engine = engine
+        self.window_s = window_s
+        self.max_batch = max(1, max_batch)
+        self.stream_options = stream_options or {}
+        self.jobs: queue.Queue = queue.Queue()
+        self.acoustic = AcousticStage(engine)
+        self.batches = 0
+        self.thread = threading.Thread(target=self._run, name="anygpt-llm", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: ChatJob | BaseJob) -> None:
+        self.jobs.put(job)
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.acoustic.close()
+
+    # ------------------------------------------------------------------ loop
+    def _collect(self) -> list | None:
+        first = self.jobs.get()
+        if first is None:
+            return None
+        jobs = [first]
+        deadline = time.monotonic() + self.window_s
+        while len(jobs) < self.max_batch:
+            left = deadline - time.monotonic()
+            try:
+                job = self.jobs.get(timeout=max(left, 0)) if left > 0 else self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)
+                break
+            jobs.append(job)
+        return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._collect()
+            if jobs is None:
+                return
+            jobs = [j for j in jobs if not j.cancelled.is_set()]
+            base = [j for j in jobs if isinstance(j, BaseJob)]
+            chats = [j for j in jobs if isinstance(j, ChatJob)]
+            if base:
+                self._guard(base, self._run_base)
+            ready = [j for j in chats if self._prepare(j)]
+            for group in self._chat_groups(ready):
+                self._guard(group, self._run_chat)
+
+    def _guard(self, jobs: list, fn: Callable[[list], None]) -> None:
+        try:
+            fn(jobs)
+        except Cancelled:
+            for j in jobs:
+                j.emit("error", Cancelled("cancelled"))
+        except Exception as exc:  # noqa: BLE001 - one batch failing must not stop the server
+            for j in jobs:
+                j.emit("error", exc)
+
+    # ------------------------------------------------------------------ base requests
+    def _run_base(self, jobs: list[BaseJob]) -> None:
+        seeded = [j for j in jobs if j.seed is not None]
+        plain = [j for j in jobs if j.seed is None]
+        groups = [[j] for j in seeded] + ([plain] if plain else [])
+        eng = self.engine
+        for group in groups:
+            lines = [line for j in group for line in j.lines]
+            saved = (eng.seed, eng.rng, eng._calls)
+            if group[0].seed is not None:
+                import random
+
+                eng.seed, eng.rng, eng._calls = group[0].seed, random.Random(group[0].seed), 0
+            try:
+                self.batches += 1
+                outcomes = eng.run_base(lines)
+            finally:
+                if group[0].seed is not None:
+                    eng.seed, eng.rng, eng._calls = saved
+            k = 0
+            for j in group:
+                j.emit("done", outcomes[k : k + len(j.lines)])
+                k += len(j.lines)
+
+    # ------------------------------------------------------------------ chat
+    def _prepare(self, job: ChatJob) -> bool:
+        eng = self.engine
+        session = ChatSession(eng)
+        try:
+            for m in job.history:
+                if m.role == "user":
+                    req = ChatRequest("interleaved", m.text, images=m.images, speech=m.speech)
+                    session.conversation.add_user(session.user_message(req))
+                else:
+                    session.conversation.add_assistant(m.text)
+            turn = session.prepare(job.request)
+        except REQUEST_ERRORS as exc:
+            job.emit("error", exc)
+            return False
+        target = job.request.to_modality
+        if job.force_start and target in eng.bundle.modality_names:
+            job.prefix = eng.forced_start(target)
+            turn.prompt = turn.prompt + job.prefix
+        turn.decoding = turn.decoding.with_overrides(**job.overrides)
+        turn.decoding = eng.fit([turn.prompt], turn.decoding)
+        job.turn, job.session = turn, session
+        job.emit("started")
+        job.prompt_tokens = len(turn.prompt)
+        job.sent_text = [""] * job.n
+        if job.stream_speech:
+            tok = eng.bundle.modality("speech", checked=True)
+            hop = round(tok.sample_rate / tok.frame_rate)
+            job.speech = [WindowedSpeech(hop, **self.stream_options) for _ in range(job.n)]
+        return True
+
+    def _chat_groups(self, jobs: list[ChatJob]) -> list[list[ChatJob]]:
+        groups: dict[Any, list[ChatJob]] = defaultdict(list)
+        for j in jobs:
+            key = (j.turn.decoding, j.turn.stop_texts, j.seed, id(j) if j.seed is not None else 0)
+            groups[key].append(j)
+        out = []
+        for group in groups.values():
+            batch: list[ChatJob] = []
+            for j in group:
+                if batch and sum(b.n for b in batch) + j.n > self.max_batch:
+                    out.append(batch)
+                    batch = []
+                batch.append(j)
+            out.append(batch)
+        return out
+
+    def _run_chat(self, jobs: list[ChatJob]) -> None:
+        eng = self.engine
+        rows = [(j, c) for j in jobs for c in range(j.n)]
+        prompts = [j.turn.prompt for j, _ in rows]
+        stops = set(eng.stop_ids())
+        streaming = any(j.stream for j in jobs)
+
+        def on_step(new: torch.Tensor) -> None:
+            if all(j.cancelled.is_set() for j in jobs):
+                raise Cancelled("every request of the batch was cancelled")
+            if not streaming:
+                return
+            for r, ids in enumerate(new.tolist()):
+                job, choice = rows[r]
+                if job.stream and not job.cancelled.is_set():
+                    cut = next((i for i, t in enumerate(ids) if t in stops), None)
+                    self._stream_row(job, choice, job.prefix + ids[:cut], final=False)
+
+        seed = jobs[0].seed if jobs[0].seed is not None else eng.next_seed()
+        cfg = jobs[0].turn.decoding
+        self.batches += 1
+        new = eng.generate_ids(prompts, cfg, seed=seed, stop_texts=jobs[0].turn.stop_texts,
+                               on_step=on_step)  # fmt: skip
+        results: dict[int, list] = defaultdict(list)
+        for (job, choice), ids in zip(rows, new, strict=True):
+            if job.cancelled.is_set():
+                continue
+            if job.stream:
+                self._stream_row(job, choice, job.prefix + ids, final=True)
+            out = job.session.finish(
+                job.turn,
+                job.prefix + ids,
+                decode=job.decode,
+                seed=None if job.seed is None else job.seed + 1,
+            )
+            results[id(job)].append((out, ids))
+        for job in jobs:
+            if not job.cancelled.is_set():
+                job.emit("done", results[id(job)])
+
+    def _stream_row(self, job: ChatJob, choice: int, ids: list[int], final: bool) -> None:
+        """Send the new text of one row and queue the speech windows that can be decoded now."""
+        lay = self.engine.layout
+        segments = lay.find_segments(ids)
+        text = display_text(ids, segments, lay) if ids else ""
+        sent = job.sent_text[choice]
+        # SentencePiece pieces can change the tail of the decoded text; send only settled text
+        if (
+            text.startswith(sent)
+            and len(text) > len(sent)
+            and (final or not text.endswith("\ufffd"))
+        ):
+            job.emit("text", choice, text[len(sent) :])
+            job.sent_text[choice] = text
+        if not job.speech:
+            return
+        spans = [s for s in segments if s.modality == "speech"]
+        if not spans:
+            return
+        span = spans[0]
+        codes = lay.codes_from_ids("speech", span.body).codes  # [K, T]
+        state = job.speech[choice]
+        windows = state.plan(int(codes.shape[1]), final=final or span.end is not None)
+        if windows:
+            seed = None if job.seed is None else job.seed + 7 + windows[0].emit_from
+            voice = job.request.voice_prompt or None
+            job.emit("audio", choice, self.acoustic.submit(codes, windows, voice, seed))
+
+
+def outcome_transcript(outcome: Outcome) -> str:
+    """The reply text without the ``[speech]`` placeholders of its spans."""
+    return " ".join((outcome.text or "").replace("[speech]", " ").split())
