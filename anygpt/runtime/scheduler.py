@@ -484,7 +484,7 @@ class Scheduler:
                 reason = "stop_text"
             elif (
                 len(request.tokens) >= request.max_new_tokens
-                or self.lengths[slot] >= self.max_length
+                or len(request.prompt) + len(request.tokens) >= self.max_length
             ):
                 reason = "length"
             if reason is not None:
