@@ -37,7 +37,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     print(summary.line(cfg, errors))
     if summary.reasons:
         print("failures: " + ", ".join(f"{n} {r}" for r, n in sorted(summary.reasons.items())))
-    return 0
+    # a run that wrote nothing but failed rows did not do its job
+    return 1 if summary.failed and not summary.written else 0
 
 
 def cmd_extend_vocab(args: argparse.Namespace) -> int:

@@ -202,11 +202,21 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         fsdp=cfg.fsdp or None,
         fsdp_config=cfg.fsdp_config,
         ddp_timeout=cfg.ddp_timeout,
+        # without it, processes launched on a machine without a GPU each train alone
+        use_cpu=not cuda and launched_processes() > 1,
         dataloader_num_workers=cfg.dataloader_num_workers,
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,  # the collator needs seq_lens
         prediction_loss_only=True,  # never keep [B, L, vocab] logits around in evaluation
     )
+
+
+def launched_processes() -> int:
+    """Processes of this run as the launcher (torchrun, ``accelerate launch``) announced them."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def half_precision(cfg: TrainConfig) -> tuple[bool, bool]:
@@ -242,18 +252,87 @@ def _enable_cache_in_config(folder: Path) -> None:
 
 
 def resolve_resume(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from: ``auto`` = latest in the output folder, ``never`` = none."""
+    """The checkpoint to resume from: ``auto`` = latest in the output folder, ``never`` = none.
+
+    With ``auto``, a latest checkpoint that is damaged (a crash or a full disk while saving) is
+    skipped with a note and the one before is used.  A checkpoint made for another ``max_steps``
+    is refused: its learning-rate schedule was built for that length and would be continued as
+    it is (a larger ``max_steps`` would run the new steps at the old schedule's final rate).
+    """
     if cfg.resume in ("never", "", "none"):
         return None
     if cfg.resume == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
-
         out = Path(cfg.output_dir)
-        return get_last_checkpoint(str(out)) if out.is_dir() else None
-    path = Path(cfg.resume)
-    if not (path / "trainer_state.json").is_file():
-        raise TrainError(f"{path} is not a Trainer checkpoint (no trainer_state.json)")
-    return str(path)
+        found = sorted(
+            (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+            key=lambda p: int(p.name[11:]),
+            reverse=True,
+        )
+        if not found:
+            return None
+        problems = []
+        for ckpt in found:
+            problem = checkpoint_problem(ckpt)
+            if problem is None:
+                break
+            problems.append(f"{ckpt.name}: {problem}")
+            _log(f"note: {ckpt.name} cannot be resumed from ({problem}); trying the one before")
+        else:
+            raise TrainError(
+                f"no checkpoint in {out} can be resumed from ({'; '.join(problems)}); "
+                "use --resume never (or another --output-dir) to start again"
+            )
+    else:
+        ckpt = Path(cfg.resume)
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
+            raise TrainError(f"cannot resume from {ckpt}: {problem}")
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    planned = state.get("max_steps")
+    if cfg.max_steps > 0 and planned and planned != cfg.max_steps:
+        raise TrainError(
+            f"{ckpt} belongs to a run of max_steps={planned}; resuming it with "
+            f"max_steps={cfg.max_steps} would keep the old learning-rate schedule (after step "
+            f"{planned} the rate stays at its final value). Resume with max_steps={planned}, or "
+            "start a new run (--resume never, or another --output-dir), or start from its weights "
+            f"(--model {ckpt})"
+        )
+    return str(ckpt)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (missing or damaged files), or ``None`` when it can.
+
+    Cheap checks only: the state parses, safetensors headers cover their files, and each torch
+    file's zip directory (written last) is present.
+    """
+    import zipfile
+
+    state_file = ckpt / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json"
+    try:
+        json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"trainer_state.json is unreadable ({exc})"
+    weights = sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("*.bin"))
+    if not weights:
+        return "no weights file"
+    for f in weights:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(f), "pt") as handle:
+                    handle.keys()
+            except Exception as exc:  # noqa: BLE001 - any parse failure means damaged
+                return f"{f.name} is damaged ({str(exc).splitlines()[0]})"
+    for f in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
+        if f.name == "training_args.bin":
+            continue
+        if not zipfile.is_zipfile(f):
+            return f"{f.name} is damaged (incomplete file)"
+    return None
 
 
 # ---------------------------------------------------------------------- bundles out

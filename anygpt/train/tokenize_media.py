@@ -323,10 +323,12 @@ class TokenizeSummary:
 
 def tokenize_manifest(cfg: TokenizeConfig) -> TokenizeSummary:
     """Tokenize ``cfg.manifest`` into ``cfg.output`` (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     from anygpt.bundle import Bundle
 
+    out = Path(cfg.output)
+    errors = Path(cfg.errors) if cfg.errors else out.with_name(out.stem + ".errors.jsonl")
+    progress_path = _progress_path(out)
+    check_outputs(Path(cfg.manifest), out, errors, progress_path)
     manifest = Manifest(cfg.manifest, cfg.split)
     bundle = Bundle(cfg.model, device=cfg.device)
     layout = bundle.layout
@@ -356,14 +358,13 @@ def tokenize_manifest(cfg: TokenizeConfig) -> TokenizeSummary:
         else (manifest.path.parent if manifest.path.is_file() else Path.cwd())
     )
 
-    out = Path(cfg.output)
-    errors = Path(cfg.errors) if cfg.errors else out.with_name(out.stem + ".errors.jsonl")
-    progress_path = _progress_path(out)
     fingerprint = manifest.fingerprint()
+    settings = output_settings(cfg, bundle, modality, column, root)
     state = {
         "manifest": str(manifest.path),
         "fingerprint": fingerprint,
         "modality": modality,
+        "settings": settings,
         "rows_done": 0,
         "output_bytes": 0,
         "errors_bytes": 0,
@@ -373,26 +374,64 @@ def tokenize_manifest(cfg: TokenizeConfig) -> TokenizeSummary:
     }
     if cfg.overwrite:
         for p in (out, errors, progress_path):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                raise TrainError(f"cannot remove {p} for --overwrite: {exc.strerror}") from exc
     if progress_path.is_file():
         old = json.loads(progress_path.read_text(encoding="utf-8"))
         if old.get("fingerprint") != fingerprint or old.get("modality") != modality:
             raise TrainError(
                 f"{out} was started from another manifest or modality; use --overwrite to start again"
             )
+        changed = [
+            f"{k} {old['settings'].get(k)!r} -> {v!r}"
+            for k, v in settings.items()
+            if "settings" in old and old["settings"].get(k) != v
+        ]
+        if changed:
+            raise TrainError(
+                f"{out} was started with other settings ({'; '.join(changed)}); resuming would "
+                "mix rows of both in one file: run with the earlier settings, or use --overwrite "
+                "to start again"
+            )
         state = old
+        state["settings"] = settings
         _truncate(out, state["output_bytes"])  # drop what a crash wrote after the last record
         _truncate(errors, state["errors_bytes"])
     elif out.exists() and out.stat().st_size:
         raise TrainError(f"{out} exists without its progress file; use --overwrite to start again")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    errors.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        skipped = _run_batches(
+            cfg, manifest, tok, layout, modality, column, root, state, out, errors
+        )
+    except OSError as exc:
+        raise TrainError(
+            f"cannot write {getattr(exc, 'filename', None) or out}: {exc.strerror or exc}; "
+            f"the first {state['rows_done']} rows are done and saved, re-running the same "
+            "command continues from there"
+        ) from exc
+    total = manifest.length if cfg.limit is None else min(manifest.length, cfg.limit)
+    return TokenizeSummary(
+        total, state["written"], state["failed"], skipped, dict(state.get("reasons", {}))
+    )
+
+
+def _run_batches(cfg, manifest, tok, layout, modality, column, root, state, out, errors) -> int:
+    """Encode the rows from ``state["rows_done"]`` on, appending to ``out`` and ``errors``.
+
+    Returns the number of rows an earlier run had done.
+    """
+    from tqdm.auto import tqdm
+
+    progress_path = _progress_path(out)
 
     total = manifest.length if cfg.limit is None else min(manifest.length, cfg.limit)
     skipped = min(state["rows_done"], total)
     reasons = Counter(state.get("reasons", {}))
+    # closed on any exit, so an error line starts on a line of its own
     bar = tqdm(total=total, initial=skipped, desc=f"tokenize {modality}", unit="row")
-    with out.open("ab") as fo, errors.open("ab") as fe:
+    with bar, out.open("ab") as fo, errors.open("ab") as fe:
 
         def flush_batch(batch: list[tuple[int, dict | None, str | None]]) -> None:
             good_lines: list[tuple[int, str]] = []
@@ -435,7 +474,8 @@ def tokenize_manifest(cfg: TokenizeConfig) -> TokenizeSummary:
             for f in (fo, fe):
                 f.flush()
                 os.fsync(f.fileno())
-            state.update(
+            done = dict(
+                state,
                 rows_done=batch[-1][0] + 1,
                 output_bytes=fo.tell(),
                 errors_bytes=fe.tell(),
@@ -443,7 +483,8 @@ def tokenize_manifest(cfg: TokenizeConfig) -> TokenizeSummary:
                 failed=state["failed"] + len(bad),
                 reasons=dict(reasons),
             )
-            _write_json_atomic(progress_path, state)
+            _write_json_atomic(progress_path, done)
+            state.update(done)  # only once recorded: an error message counts what is on disk
             bar.update(len(batch))
 
         batch: list = []
@@ -456,8 +497,63 @@ def tokenize_manifest(cfg: TokenizeConfig) -> TokenizeSummary:
                 batch = []
         if batch:
             flush_batch(batch)
-    bar.close()
-    return TokenizeSummary(total, state["written"], state["failed"], skipped, dict(reasons))
+    return skipped
+
+
+def check_outputs(manifest: Path, out: Path, errors: Path, progress: Path) -> None:
+    """Refuse outputs that would destroy the input or cannot be files, before any work.
+
+    An output that is the manifest (the same path, or the same file through a link) would be
+    emptied by ``--overwrite`` or appended to while it is read.
+    """
+    for what, path in (("output", out), ("errors file", errors), ("progress file", progress)):
+        if path.is_dir():
+            raise TrainError(
+                f"the {what} {path} is a folder; give a file name (e.g. {path}/data.jsonl)"
+            )
+        if _same_file(path, manifest):
+            raise TrainError(
+                f"the {what} {path} is the manifest itself; writing it would destroy the input: "
+                "choose another output name"
+            )
+    if _same_file(out, errors):
+        raise TrainError(f"the output and the errors file are the same file ({out})")
+    for path in (out, errors):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = "it is not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+            raise TrainError(f"cannot create the folder of {path}: {exc.filename}: {why}") from exc
+        if not os.access(path.parent, os.W_OK):
+            raise TrainError(f"cannot write to {path.parent}: permission denied")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def output_settings(
+    cfg: TokenizeConfig, bundle: Any, modality: str, column: str, root: Path
+) -> dict:
+    """Every setting that changes the lines written (a resumed run must have the same ones)."""
+    entry = bundle.config.modalities.get(modality)
+    described = json.dumps(
+        asdict(entry) if entry is not None else None, sort_keys=True, default=str
+    )
+    return {
+        "model": str(Path(cfg.model).resolve()),
+        "tokenizer": hashlib.sha256(described.encode()).hexdigest()[:16],
+        "column": column,
+        "text_column": cfg.text_column,
+        "media_root": str(root.resolve()),
+        "max_seconds": cfg.max_seconds,
+        "split": cfg.split,
+    }
 
 
 def _encode(tok: Any, layout: Any, modality: str, media: list) -> list:
