@@ -133,8 +133,8 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         return JSONResponse(err.body(), status_code=500)
 
     # ------------------------------------------------------------------ helpers
-    @contextlib.asynccontextmanager
-    async def slot():
+    def acquire() -> None:
+        """Take a request slot, or refuse at once (429) when all are in use."""
         if state.in_flight >= limits.max_concurrency:
             raise APIError(
                 429,
@@ -143,11 +143,18 @@ def create_app(engine, worker, limits: Limits, model_id: str):
                 type="rate_limit_error",
             )
         state.in_flight += 1
+
+    def release() -> None:
+        state.in_flight -= 1
+        state.served += 1
+
+    @contextlib.asynccontextmanager
+    async def slot():
+        acquire()
         try:
             yield
         finally:
-            state.in_flight -= 1
-            state.served += 1
+            release()
 
     async def read_json(request: Request) -> dict:
         raw = await request.body()
@@ -160,7 +167,11 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         return body
 
     def check_model(name: Any, required: bool = True) -> None:
-        if name is None and not required:
+        if name is None:
+            if required:
+                raise APIError(
+                    400, "model is required", param="model", code="missing_required_parameter"
+                )
             return
         if not isinstance(name, str) or name not in state.aliases:
             raise APIError(
@@ -186,7 +197,14 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         worker.submit(job)
         return await next_event(job, request)
 
-    async def next_event(job, request: Request):
+    async def next_event(job, request: Request | None):
+        """The job's next event; ``request`` given: cancel the job when its client goes away.
+
+        Streams pass none: the streaming response itself cancels the stream on a disconnect
+        (polling ``is_disconnected`` there would compete for the same ASGI messages).
+        """
+        if request is None:
+            return await job.events.get()
         getter = asyncio.ensure_future(job.events.get())
         while True:
             done, _ = await asyncio.wait({getter}, timeout=0.25)
@@ -243,10 +261,10 @@ def create_app(engine, worker, limits: Limits, model_id: str):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(slot())
-            files = TempFiles()
-            stack.callback(files.cleanup)
+        acquire()
+        files = TempFiles()
+        handed_to_stream = False
+        try:
             body = await read_json(request)
             check_model(body.get("model"))
             job = chat_job(body, files)
@@ -256,9 +274,12 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             event = await submit(job, request)
             if event[0] == "error":
                 raise as_api_error(event[1])
-            stream = sse(job, request, body, files)
-            stack.pop_all()  # the stream releases the slot and the files when it ends
-            return StreamingResponse(stream, media_type="text/event-stream")
+            handed_to_stream = True  # the stream releases the slot and the files when it ends
+            return StreamingResponse(sse(job, request, body, files), media_type="text/event-stream")
+        finally:
+            if not handed_to_stream:
+                files.cleanup()
+                release()
 
     def chat_job(body: dict, files: TempFiles) -> ChatJob:
         modalities = body.get("modalities") or ["text"]
@@ -296,6 +317,8 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         if not (last.text or last.images or last.speech):
             raise APIError(400, "the last user message is empty", param="messages")
         overrides: dict[str, Any] = {"max_new_tokens": max_tokens, "top_p": top_p}
+        if stream:
+            overrides["num_beams"] = 1  # a beam search's best reply is known only at its end
         if temperature is not None:
             overrides["temperature"] = max(temperature, 1e-5)
             if temperature == 0:
@@ -315,6 +338,9 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         return job
 
     def finish_reason(job: ChatJob, ids: list[int]) -> str:
+        for choice, (_out, row) in enumerate(job.results or []):
+            if row is ids and job.finish_reasons[choice]:
+                return job.finish_reasons[choice]
         return "length" if len(ids) >= job.turn.decoding.max_new_tokens else "stop"
 
     def message_of(job: ChatJob, outcome) -> dict:
@@ -389,7 +415,7 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             for c in range(job.n):
                 yield chunk(c, {"role": "assistant", "content": ""})
             while True:
-                event = await next_event(job, request)
+                event = await next_event(job, None)
                 kind = event[0]
                 if kind == "text":
                     yield chunk(event[1], {"content": event[2]})
@@ -448,8 +474,7 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         finally:
             job.cancelled.set()  # a stream that ends early (client gone) frees its rows
             files.cleanup()
-            state.in_flight -= 1
-            state.served += 1
+            release()
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request):

@@ -1,5 +1,11 @@
-"""Where the server's model work runs: one LLM thread that batches what arrives together, and one
-acoustic thread that turns streamed speech codes into audio windows.
+"""Where the server's model work runs: one LLM thread, and one acoustic thread that turns streamed
+speech codes into audio windows.
+
+Chat replies decoded without beam search run on the continuous-batching
+:class:`~anygpt.runtime.scheduler.Scheduler`: a request joins the running batch at the next step and
+leaves it when it ends (or is cancelled), so a new request never waits for a batch to finish.
+Beam-search replies, base requests (speech, transcription, images) and any engine with a custom
+``backend`` are batched with what arrives together, through the engine.
 
 The app talks to :class:`Generation` only (``submit(job)``), so a continuous-batching scheduler can
 replace :class:`BatchingWorker` without touching the app.  The engine is not thread-safe, so every
@@ -65,6 +71,9 @@ class ChatJob:
     sent_text: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     prefix: list[int] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)  # (outcome, ids) per choice
+    scheduled: list[Any] = field(default_factory=list)  # scheduler requests
 
     def emit(self, *event: Any) -> None:
         if self.loop is not None and self.events is not None:
@@ -171,6 +180,7 @@ class BatchingWorker:
         window_s: float = 0.01,
         max_batch: int = 16,
         stream_options: dict | None = None,
+        continuous: bool = True,
     ) -> None:
         self.engine = engine
         self.window_s = window_s
@@ -178,7 +188,12 @@ class BatchingWorker:
         self.stream_options = stream_options or {}
         self.jobs: queue.Queue = queue.Queue()
         self.acoustic = AcousticStage(engine)
-        self.batches = 0
+        self.batches = 0  # generation calls of the batch path
+        self.peak_batch = 0  # most sequences decoded together so far
+        self.cancelled = 0  # scheduler requests stopped because their client left
+        self.continuous = continuous
+        self._scheduler: Any = None
+        self._scheduled: list[ChatJob] = []  # jobs with requests in the scheduler
         self.thread = threading.Thread(target=self._run, name="anygpt-llm", daemon=True)
         self.thread.start()
 
@@ -190,27 +205,50 @@ class BatchingWorker:
         self.acoustic.close()
 
     # ------------------------------------------------------------------ loop
-    def _collect(self) -> list | None:
-        first = self.jobs.get()
-        if first is None:
-            return None
-        jobs = [first]
-        deadline = time.monotonic() + self.window_s
+    @property
+    def scheduler(self):
+        """The continuous-batching scheduler (built on first use over the bundle's LLM)."""
+        if self._scheduler is None:
+            from anygpt.runtime.scheduler import Scheduler
+
+            bundle = self.engine.bundle
+            self._scheduler = Scheduler(
+                bundle.llm,
+                bundle.layout,
+                max_batch=self.max_batch,
+                max_length=bundle.config.max_context,
+            )
+        return self._scheduler
+
+    def _busy(self) -> bool:
+        return self._scheduler is not None and self._scheduler.has_work
+
+    def _collect(self, block: bool) -> list | None:
+        """Jobs waiting now; when idle, block for the first and wait ``window_s`` for more."""
+        jobs: list = []
+        if block:
+            first = self.jobs.get()
+            if first is None:
+                return None
+            jobs.append(first)
+            deadline = time.monotonic() + self.window_s
+        else:
+            deadline = time.monotonic()
         while len(jobs) < self.max_batch:
             left = deadline - time.monotonic()
             try:
-                job = self.jobs.get(timeout=max(left, 0)) if left > 0 else self.jobs.get_nowait()
+                job = self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait()
             except queue.Empty:
                 break
             if job is None:
                 self.jobs.put(None)
-                break
+                return jobs or None
             jobs.append(job)
         return jobs
 
     def _run(self) -> None:
         while True:
-            jobs = self._collect()
+            jobs = self._collect(block=not self._busy())
             if jobs is None:
                 return
             jobs = [j for j in jobs if not j.cancelled.is_set()]
@@ -219,8 +257,16 @@ class BatchingWorker:
             if base:
                 self._guard(base, self._run_base)
             ready = [j for j in chats if self._prepare(j)]
-            for group in self._chat_groups(ready):
+            later = []
+            for j in ready:
+                if self._can_schedule(j):
+                    self._guard([j], self._schedule)
+                else:
+                    later.append(j)
+            for group in self._chat_groups(later):
                 self._guard(group, self._run_chat)
+            if self._busy():
+                self._step_safely()
 
     def _guard(self, jobs: list, fn: Callable[[list], None]) -> None:
         try:
@@ -313,7 +359,7 @@ class BatchingWorker:
         def on_step(new: torch.Tensor) -> None:
             if all(j.cancelled.is_set() for j in jobs):
                 raise Cancelled("every request of the batch was cancelled")
-            if not streaming:
+            if not streaming or new.shape[0] != len(rows):
                 return
             for r, ids in enumerate(new.tolist()):
                 job, choice = rows[r]
@@ -324,6 +370,7 @@ class BatchingWorker:
         seed = jobs[0].seed if jobs[0].seed is not None else eng.next_seed()
         cfg = jobs[0].turn.decoding
         self.batches += 1
+        self.peak_batch = max(self.peak_batch, len(rows))
         new = eng.generate_ids(prompts, cfg, seed=seed, stop_texts=jobs[0].turn.stop_texts,
                                on_step=on_step)  # fmt: skip
         results: dict[int, list] = defaultdict(list)
@@ -342,6 +389,107 @@ class BatchingWorker:
         for job in jobs:
             if not job.cancelled.is_set():
                 job.emit("done", results[id(job)])
+
+    # ------------------------------------------------------------------ continuous batching
+    def _can_schedule(self, job: ChatJob) -> bool:
+        return (
+            self.continuous
+            and self.engine.backend is None
+            and job.turn.decoding.num_beams == 1
+            and job.n <= self.max_batch
+        )
+
+    def _schedule(self, jobs: list[ChatJob]) -> None:
+        for job in jobs:
+            try:
+                self._submit(job)
+            except ValueError:
+                for r in job.scheduled:
+                    self.scheduler.cancel(r)
+                if job in self._scheduled:
+                    self._scheduled.remove(job)
+                raise
+
+    def _submit(self, job: ChatJob) -> None:
+        eng = self.engine
+        job.finish_reasons = [None] * job.n
+        job.results = [None] * job.n
+        for choice in range(job.n):
+            seed = None if job.seed is None else (job.seed + choice) % 2**62
+            job.scheduled.append(
+                self.scheduler.submit(
+                    job.turn.prompt,
+                    job.turn.decoding,
+                    stop_ids=eng.stop_ids(),
+                    stop_texts=job.turn.stop_texts,
+                    seed=seed,
+                    on_tokens=self._on_tokens(job, choice),
+                )
+            )
+        self._scheduled.append(job)
+
+    def _on_tokens(self, job: ChatJob, choice: int):
+        def on_tokens(request, _new: list[int], finished: bool) -> None:
+            if job.stream and not job.cancelled.is_set() and not finished:
+                self._stream_row(job, choice, job.prefix + list(request.tokens), final=False)
+
+        return on_tokens
+
+    def _step_safely(self) -> None:
+        try:
+            self._step()
+        except Exception as exc:  # noqa: BLE001 - a failed step ends its requests, not the server
+            for job in self._scheduled:
+                job.emit("error", exc)
+            self._scheduled.clear()
+            self._scheduler = None  # a fresh cache for the next requests
+
+    def _step(self) -> None:
+        sched = self.scheduler
+        for job in self._scheduled:
+            if job.cancelled.is_set():
+                for r in job.scheduled:
+                    if not r.done:
+                        sched.cancel(r)
+        outputs = sched.step()
+        self.peak_batch = max(self.peak_batch, sched.running)
+        for out in outputs:
+            if out.finished:
+                try:
+                    self._finish_scheduled(out.request)
+                except Exception as exc:  # noqa: BLE001 - the error goes to its request
+                    job = next((j for j in self._scheduled if out.request in j.scheduled), None)
+                    if job is not None:
+                        self._scheduled.remove(job)
+                        for r in job.scheduled:
+                            sched.cancel(r)
+                        job.emit("error", exc)
+
+    def _finish_scheduled(self, request) -> None:
+        job = next((j for j in self._scheduled if request in j.scheduled), None)
+        if job is None:
+            return
+        choice = job.scheduled.index(request)
+        reason = request.finish_reason
+        self.cancelled += reason == "cancelled"
+        job.finish_reasons[choice] = "stop" if reason == "stop_text" else reason
+        if reason != "cancelled" and not job.cancelled.is_set():
+            ids = list(request.tokens)
+            if job.stream:
+                self._stream_row(job, choice, job.prefix + ids, final=True)
+            out = job.session.finish(
+                job.turn,
+                job.prefix + ids,
+                decode=job.decode,
+                seed=None if job.seed is None else job.seed + 1,
+            )
+            job.results[choice] = (out, ids)
+        if all(r.done for r in job.scheduled):
+            self._scheduled.remove(job)
+            if job.cancelled.is_set() or any(x is None for x in job.results):
+                job.emit("error", Cancelled("cancelled"))
+            else:
+                job.emit("done", job.results)
 
     def _stream_row(self, job: ChatJob, choice: int, ids: list[int], final: bool) -> None:
         """Send the new text of one row and queue the speech windows that can be decoded now."""
