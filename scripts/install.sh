@@ -22,5 +22,11 @@ if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 
   (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) ||
     echo "note: could not install espeak-ng; world speech generation will be unavailable" >&2
 fi
+# Headless Chromium and its driver run the chat page's browser tests; Debian packages.
+if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } &&
+  command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) ||
+    echo "note: could not install chromium; the browser tests of the chat page will be skipped" >&2
+fi
 echo "$want" > "$STAMP"
 echo "installed: $(.venv/bin/anygpt --help | head -1)"

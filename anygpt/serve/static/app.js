@@ -30,6 +30,7 @@
     voice: $("voice"),
     voiceAdd: $("voice-add"),
     voiceFile: $("voice-file"),
+    maxTokens: $("max-tokens"),
     progress: $("progress"),
     progressText: $("progress-text"),
     stop: $("stop"),
@@ -247,7 +248,8 @@
       container.append(this.root);
     }
 
-    push(b64) {
+    /** Adds one base64 chunk; `sampleRate` is the rate of headerless PCM (the server says it). */
+    push(b64, sampleRate) {
       let bytes;
       try {
         bytes = base64ToBytes(b64);
@@ -276,6 +278,7 @@
           buf = buf.subarray(header.dataOffset);
         } else {
           this.header = { raw: true };
+          if (sampleRate > 0 && !this.pcmBytes) this.rate = sampleRate;
         }
       }
       const frame = 2 * this.channels;
@@ -610,8 +613,13 @@
   // ------------------------------------------------------------------ voice prompts
   async function addVoice(file) {
     try {
-      const attachment = await prepareFile(file);
+      let attachment = await prepareFile(file);
       if (attachment.kind !== "audio") throw new Error(`${file.name} is not audio; a voice prompt is a recording of the voice.`);
+      if (attachment.part.input_audio.format !== "wav") {
+        // the server reads a voice prompt as wav
+        const wav = encodeWav(await decodeToMono(attachment.bytes, INPUT_RATE), INPUT_RATE);
+        attachment = audioAttachment(file.name, wav, "wav", "audio/wav");
+      }
       const id = `voice-${state.voices.size + 1}`;
       state.voices.set(id, attachment);
       const option = el("option", { value: id, text: `voice of ${file.name}` });
@@ -623,11 +631,13 @@
     }
   }
 
-  /** The `voice` of the audio request: a name, or a custom voice prompt as a wav data URL. */
-  function chosenVoice() {
+  /** The `audio` object of a spoken reply: OpenAI's fields, and the server's `voice_prompt`
+   *  (base64 audio of the voice to speak in) when one is chosen. */
+  function speechAudioOptions() {
+    const options = { voice: "default", format: "pcm16" }; // streamed audio is pcm16
     const voice = state.voices.get(ui.voice.value);
-    if (voice) return `data:${voice.mime};base64,${voice.part.input_audio.data}`;
-    return ui.voice.value || "default";
+    if (voice) options.voice_prompt = voice.part.input_audio.data;
+    return options;
   }
 
   // ------------------------------------------------------------------ push to talk
@@ -760,8 +770,8 @@
 
   /** The request fields that ask for a reply modality. */
   function replyFields(modality) {
-    if (modality === "speech") return { modalities: ["text", "audio"], audio: { voice: chosenVoice(), format: "wav" } };
-    if (modality === "music") return { modalities: ["text", "audio"], audio: { voice: "music", format: "wav" } };
+    if (modality === "speech") return { modalities: ["text", "audio"], audio: speechAudioOptions() };
+    if (modality === "music") return { modalities: ["text", "music"], audio: { format: "pcm16" } };
     if (modality === "image") return { modalities: ["text", "image"] };
     return { modalities: ["text"] };
   }
@@ -858,11 +868,18 @@
     return revised || "[image]";
   }
 
+  /** The reply length the person set (tokens), or undefined for the model's own limit. */
+  function maxTokens() {
+    const value = Number.parseInt(ui.maxTokens.value, 10);
+    return value > 0 ? value : undefined;
+  }
+
   async function chatReply(userMessage, modality, turn, busy, signal) {
     const body = {
-      model: ui.model.value || undefined,
+      model: ui.model.value || "anygpt",
       messages: [...state.history, userMessage],
       stream: true,
+      max_tokens: maxTokens(),
       ...replyFields(modality),
     };
     const response = await post("/chat/completions", body, signal);
@@ -886,6 +903,10 @@
     };
     await readEvents(response, (event, whole) => {
       if (event.error) throw new ServerError(`The server reported an error: ${errorText(event) || JSON.stringify(event.error)}`);
+      if (Array.isArray(event.choices)) {
+        const failed = event.choices.find((c) => c && (c.delta || c.message || {}).error);
+        if (failed) throw new ServerError(`The model could not answer: ${(failed.delta || failed.message).error}`);
+      }
       busy.phase = "Receiving the reply";
       for (const choice of event.choices || []) {
         if ((choice.index || 0) !== 0) continue;
@@ -896,15 +917,21 @@
           if (part.audio.transcript) transcript += part.audio.transcript;
           if (part.audio.data) {
             if (!player) player = new StreamPlayer(turn.body, label);
-            player.push(part.audio.data);
+            player.push(part.audio.data, Number(part.audio.sample_rate) || 0);
           }
         }
         imagesOf(part).forEach(addImage);
       }
       render();
     });
-    if (player) player.finish();
-    const shown = splitMarkdownImages(text || transcript).text.trim();
+    const played = player ? player.finish() : false;
+    // the reply text marks where media stood ("[speech]"); the media itself is shown instead
+    let shown = splitMarkdownImages(text || transcript).text;
+    if (played) shown = shown.replace(/\[(speech|music|audio)\]/g, " ");
+    if (shownImages.size) shown = shown.replace(/\[image\]/g, " ");
+    shown = shown.replace(/[ \t]{2,}/g, " ").trim();
+    textLine.textContent = shown;
+    scrollToEnd();
     if (!shown) textLine.remove();
     if (!shown && !player && !shownImages.size) {
       turn.body.append(el("p", { class: "note", text: "(the model answered with nothing)" }));
