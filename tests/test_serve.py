@@ -10,10 +10,12 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -359,3 +361,43 @@ def test_the_engine_backend_is_used_for_every_generation(server):
     finally:
         server.engine.backend = None
     assert calls == [1, 1]
+
+
+NANO = Path(__file__).resolve().parents[1] / "models" / "anygpt-nano"
+
+
+@pytest.mark.skipif(not (NANO / "bundle.json").is_file(), reason="the shipped model is absent")
+def test_the_shipped_model_streams_spoken_replies_and_transcribes():
+    s = Server(NANO, max_audio_seconds=10.0)
+    try:
+        stream = s.client.chat.completions.create(
+            model=s.model_id, messages=user("what colour is the circle?"), max_tokens=60,
+            modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"}, stream=True,
+        )  # fmt: skip
+        samples = 0
+        for chunk in stream:
+            for ch in chunk.choices:
+                if ch.delta.audio is not None and attr(ch.delta.audio, "data"):
+                    samples += len(base64.b64decode(attr(ch.delta.audio, "data"))) // 2
+        assert samples > 0
+        question = (NANO / "demo" / "question.wav").read_bytes()
+        text = s.client.audio.transcriptions.create(model=s.model_id, file=("q.wav", question))
+        assert text.text.strip()
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the vLLM backend needs a CUDA GPU")
+def test_vllm_backend_gives_the_transformers_greedy_outputs(debug_bundle):
+    pytest.importorskip("vllm", reason="the vllm extra is not installed")
+    from anygpt.bundle import Bundle
+    from anygpt.config import DecodingConfig
+    from anygpt.serve.backend import TransformersBackend, VLLMBackend
+
+    bundle = Bundle(debug_bundle, device="cuda")
+    tok, layout = bundle.tokenizer, bundle.layout
+    prompts = [tok.encode("hello there"), tok.encode("a red circle") + [layout.start_ids["speech"]]]
+    cfg = DecodingConfig(do_sample=False, max_new_tokens=24)
+    stops = [tok.eos_id, layout.eos_tag_id]
+    reference = TransformersBackend(bundle).generate(prompts, cfg, stop_ids=stops)
+    assert VLLMBackend(bundle).generate(prompts, cfg, stop_ids=stops) == reference
