@@ -71,9 +71,11 @@ class Server:
     """``anygpt serve`` in a subprocess; its output goes to ``log``."""
 
     def __init__(self, bundle: Path, log: Path) -> None:
+        self.bundle = Path(bundle)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.ready = False
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "anygpt", "serve", "--model", str(bundle)]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--seed", "0"]
@@ -84,6 +86,8 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
     def wait_ready(self) -> None:
+        if self.ready:
+            return
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -91,6 +95,7 @@ class Server:
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if r.status == 200:
+                        self.ready = True
                         return
             except OSError:
                 time.sleep(0.25)
@@ -107,13 +112,35 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(debug_bundle, tmp_path_factory):
-    srv = Server(debug_bundle, tmp_path_factory.mktemp("serve") / "server.log")
+def servers(debug_bundle, tmp_path_factory):
+    """Servers on the debug bundle and on the shipped model, started together (their start-ups
+    overlap) and stopped at the end of the module."""
+    from anygpt.paths import default_model
+
+    logs = tmp_path_factory.mktemp("serve")
+    started = {"debug": Server(debug_bundle, logs / "debug.log")}
+    if (default_model() / "bundle.json").is_file():
+        started["shipped"] = Server(default_model(), logs / "shipped.log")
     try:
-        srv.wait_ready()
-        yield srv
+        yield started
     finally:
-        srv.stop()
+        for srv in started.values():
+            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> Server:
+    servers["debug"].wait_ready()
+    return servers["debug"]
+
+
+@pytest.fixture(scope="module")
+def shipped_server(servers) -> Server:
+    """The server on the shipped default model (``models/anygpt-nano``)."""
+    if "shipped" not in servers:
+        pytest.skip("the shipped model is not here")
+    servers["shipped"].wait_ready()
+    return servers["shipped"]
 
 
 @pytest.fixture(scope="module")
@@ -473,3 +500,24 @@ def test_dropped_file_is_attached_and_clear_forgets_the_conversation(page, files
     assert page.chat_requests()[-1]["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "second"}]}
     ]
+
+
+def test_spoken_conversation_with_the_shipped_model(browser, shipped_server, tmp_path):
+    demo = shipped_server.bundle / "demo"
+    page = Page(browser, shipped_server, tmp_path)
+    page.js("document.getElementById('max-tokens').value = ''")  # the model's own limits
+    assert page.find("#model").get_attribute("value") == "anygpt-nano"
+    page.reply_as("speech")
+    page.attach(demo / "question.wav", demo / "picture.png")  # a spoken question about a picture
+    page.find("#send").click()
+    first = page.wait_reply(1)
+    page.find("#message").send_keys("and what shape is it?\n")  # a typed follow-up, spoken reply
+    second = page.wait_reply(2)
+    page.shot("shipped-model")
+    for reply in (first, second):
+        assert "failed" not in reply.get_attribute("class"), page.text()
+        player = reply.find_element("css selector", ".audio-reply")
+        assert player.get_attribute("data-started-at-chunk") == "1"
+        assert _media_seconds(page, player.find_element("css selector", "audio")) > 0.2
+    later = page.chat_requests()[-1]["messages"]
+    assert [m["role"] for m in later] == ["user", "assistant", "user"]

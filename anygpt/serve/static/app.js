@@ -490,7 +490,8 @@
   }
 
   function showImage(container, url, alt) {
-    const img = el("img", { src: url, alt, class: "picture", loading: "lazy" });
+    const img = el("img", { src: url, alt, class: "picture" });
+    img.addEventListener("load", scrollToEnd, { once: true }); // its height is known now
     container.append(el("figure", {}, img));
     scrollToEnd();
     return img;
