@@ -5,7 +5,9 @@ Every failure becomes an :class:`AudioError` with one line that names the file a
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,12 @@ def load_audio(
     if not path.exists():
         raise AudioError(f"audio file not found: {path}")
     if not path.is_file():
-        raise AudioError(f"not a file: {path}")
+        raise AudioError(
+            f"'{path}' is a folder, not an audio file" if path.is_dir() else f"not a file: {path}"
+        )
+    if not os.access(path, os.R_OK):
+        # soundfile would only say "System error"
+        raise AudioError(f"cannot read audio file {path}: permission denied")
     try:
         info = sf.info(str(path))
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types
@@ -72,7 +79,11 @@ def load_audio(
         raise AudioError(f"audio file {path} holds no samples")
     mono = data[:, 0] if channels == "first" else data.mean(axis=1)
     if not np.isfinite(mono).all():
-        mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
+        bad = int((~np.isfinite(mono)).sum())
+        raise AudioError(
+            f"audio file {path} holds {bad} NaN or infinite samples (a broken float file); "
+            "nothing sensible can be heard from it"
+        )
     wav = resample(mono, sr, sample_rate)
     if wav.shape[0] < min_samples:
         raise AudioError(
@@ -80,6 +91,29 @@ def load_audio(
             f"need at least {min_samples})"
         )
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+
+
+def probe_audio(path: str | Path) -> float:
+    """Check from its header that ``path`` is a readable, non-empty audio file; returns seconds.
+
+    Nothing is decoded, so this is cheap enough to run on every input before any work.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise AudioError(f"'{path}' is a folder, not an audio file")
+    if not os.access(path, os.R_OK):
+        raise AudioError(f"cannot read audio file {path}: permission denied")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - soundfile raises several types
+        raise AudioError(f"{path} is not a readable audio file: {_short(exc)}") from exc
+    if info.samplerate <= 0 or info.frames <= 0:
+        raise AudioError(f"audio file {path} is empty")
+    return info.frames / info.samplerate
 
 
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -99,7 +133,12 @@ def save_wav(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: int)
         wav = wav.detach().float().cpu().numpy()
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     wav = np.clip(np.nan_to_num(wav), -1.0, 1.0)
-    sf.write(str(path), wav, sample_rate, subtype="PCM_16", format="WAV")
+    # encoded in memory, then written by Python: a full disk or a denied folder is an OSError
+    # that names the cause (libsndfile would only say "System error")
+    buf = io.BytesIO()
+    sf.write(buf, wav, sample_rate, subtype="PCM_16", format="WAV")
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
 
 
 def num_frames(num_samples: int, hop: int) -> int:

@@ -104,6 +104,73 @@ def upstream_layout(llm_dir: Path, files: dict[str, dict[str, str]] | None = Non
     return BundleConfig(llm=str(llm_dir.resolve()), modalities=mods, name=llm_dir.name)
 
 
+def llm_load_failure(llm_dir: Path, exc: Exception) -> str:
+    """One line saying why the LLM folder did not load (missing weights, shapes that differ)."""
+    weights = sorted(llm_dir.glob("*.safetensors")) + sorted(llm_dir.glob("*.bin"))
+    if not weights:
+        return (
+            f"the LLM folder '{llm_dir}' has no weights (model.safetensors or pytorch_model.bin); "
+            "copy the model's weight files there"
+        )
+    differ = []
+    try:
+        from safetensors import safe_open
+        from transformers import AutoConfig, LlamaForCausalLM
+
+        with torch.device("meta"):
+            expected = LlamaForCausalLM(AutoConfig.from_pretrained(str(llm_dir))).state_dict()
+        for f in weights:
+            if f.suffix != ".safetensors":
+                continue
+            with safe_open(str(f), "pt") as handle:
+                for key in handle.keys():
+                    got = list(handle.get_slice(key).get_shape())
+                    want = expected.get(key)
+                    if want is not None and list(want.shape) != got:
+                        differ.append(f"{key} is {got}, config.json wants {list(want.shape)}")
+    except Exception:  # noqa: BLE001 - the comparison only adds detail to the message
+        pass
+    if differ:
+        more = f" (+{len(differ) - 2} more)" if len(differ) > 2 else ""
+        return (
+            f"the weights in '{llm_dir}' do not fit its config.json: {'; '.join(differ[:2])}{more}"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot load the LLM from '{llm_dir}': {first[:300]}"
+
+
+class DeviceError(ValueError):
+    """A ``--device`` that this machine or this build of torch cannot run on."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` -> a usable device, checked before any work."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise DeviceError(
+                f"--device {device}: this torch ({torch.__version__}) is a CPU build without "
+                "CUDA; install a CUDA build of torch, or use --device cpu"
+            )
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA devices "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device {device}: not supported; use cpu, cuda, cuda:N or auto")
+    return dev
+
+
 class Bundle:
     """A loaded bundle.  Nothing heavy happens until a property is first used.
 
@@ -125,9 +192,7 @@ class Bundle:
         if config is None:
             config = self.read_config(self.root)
         self.config = config
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)
@@ -208,9 +273,12 @@ class Bundle:
 
             if not (self.llm_dir / "config.json").is_file():
                 raise CheckpointError(f"LLM folder '{self.llm_dir}' has no config.json")
-            model = LlamaForCausalLM.from_pretrained(
-                str(self.llm_dir), dtype=self.dtype, local_files_only=True
-            )
+            try:
+                model = LlamaForCausalLM.from_pretrained(
+                    str(self.llm_dir), dtype=self.dtype, local_files_only=True
+                )
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(llm_load_failure(self.llm_dir, exc)) from exc
             rows = model.get_input_embeddings().weight.shape[0]
             if rows < self.tokenizer.vocab_size:
                 raise CheckpointError(

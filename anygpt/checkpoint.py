@@ -48,13 +48,28 @@ def read_state_dict(path: str | Path, *, what: str = "checkpoint") -> dict[str, 
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(
-            f"cannot read {what} '{path}' as weights only ({type(exc).__name__}: {exc}). "
+            f"cannot read {what} '{path}' as weights only ({_load_failure(exc)}). "
             "The file may hold pickled Python objects, which are not loaded for safety; "
             "convert it to safetensors on a trusted machine."
         ) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{what} '{path}' holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
+
+
+def _load_failure(exc: Exception) -> str:
+    """The cause of a failed ``weights_only`` load in a few words, without PyTorch's advice
+    (it suggests ``weights_only=False``, which would run whatever the file holds)."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it needs the Python object {found.group(1)}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if "weights_only" in first or "Weights only load failed" in first:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def unwrap(state: Mapping[str, object], container_key: str | None) -> dict[str, torch.Tensor]:

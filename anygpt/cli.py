@@ -17,6 +17,36 @@ from pathlib import Path
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+SEED_LIMIT = 2**62  # seeds of later steps are derived by adding to it; torch takes < 2**64
+
+
+class CommandError(ValueError):
+    """A problem found before any work (an unusable output folder, a missing voice file)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text[:40]}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to 2**62."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to 2**62, got '{text[:40]}'"
+        ) from None
+    if not 0 <= value <= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 2**62, got {text[:40]}")
+    return value
 
 
 def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -50,14 +80,25 @@ def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
     r.add_argument("prompts", nargs="*", help="one-shot prompts; none = interactive")
     r.add_argument("--batch", metavar="FILE", help="file with one prompt per line ('-' = stdin)")
     r.add_argument(
-        "--batch-size", type=int, default=16, help="prompts generated together (default 16)"
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="prompts generated together (default 16)",
     )
     r.add_argument(
         "--output-dir", default=default_out, help=f"where outputs go (default {default_out})"
     )
-    r.add_argument("--seed", type=int, default=None, help="make a run reproducible")
+    r.add_argument("--seed", type=seed_value, default=None, help="make a run reproducible")
     r.add_argument(
-        "--max-new-tokens", type=int, default=None, help="override the decoding config's limit"
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="override the decoding config's limit",
+    )
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per request (request, text, files, notes, error) on stdout",
     )
     r.add_argument("-v", "--verbose", action="store_true", help="log loading and timing")
 
@@ -217,54 +258,152 @@ def _read_batch(path: str) -> list[str]:
     else:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(f"error: cannot read batch file {path}: {exc}") from exc
+        except UnicodeDecodeError:
+            raise CommandError(f"batch file {path} is not UTF-8 text") from None
+        except OSError as exc:
+            why = "it is a folder" if Path(path).is_dir() else exc.strerror
+            raise CommandError(f"cannot read batch file {path}: {why}") from None
     return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _print_outcome(o, sink=None) -> None:
-    """Write an outcome's media through ``sink`` (a failure becomes its error line), then print it."""
+def clip_message(text: str, limit: int = 400) -> str:
+    """One line of at most about ``limit`` characters (a huge bad field is never echoed whole)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters in all)"
+
+
+def _print_outcome(o, sink=None, as_json: bool = False) -> None:
+    """Write an outcome's media through ``sink`` (a failure becomes its error), then print it.
+
+    Text goes to stdout as ``results: ...`` and ``saved: PATH``; notes and errors go to stderr
+    (``note: ...``, ``error: ...``).  With ``as_json`` one JSON object per request goes to stdout.
+    """
     if sink is not None and o.ok and o.media and not o.files:
         try:
             sink.write(o)
-        except OSError as exc:
-            o.error = f"cannot write the {o.media[0].modality} output: {exc}"
+        except OSError as exc:  # files already written stay listed in o.files
+            o.error = f"cannot write the {o.media[0].modality} output: {exc.strerror or exc}"
+            if exc.filename:
+                o.error += f" ({exc.filename})"
+    if as_json:
+        import json
+
+        record = {
+            "request": o.request,
+            "text": o.text,
+            "files": [str(f) for f in o.files],
+            "notes": list(o.notes),
+            "error": None if o.error is None else clip_message(o.error),
+        }
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return
     if o.error:
-        print(f"error: {o.error}  [{o.request[:80]}]", file=sys.stderr)
+        for f in o.files:
+            print(f"saved: {f}", flush=True)
+        print(f"error: {clip_message(o.error)}  [{clip_message(o.request, 80)}]", file=sys.stderr)
         return
     if o.text is not None:
         print(f"results: {o.text}")
     for note in o.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=sys.stderr)
     for f in o.files:
         print(f"saved: {f}")
+    sys.stdout.flush()
 
 
-def _interactive(handle, first: str, later: str, sink=None) -> int:
+def _interactive(handle, first: str, later: str, sink=None, as_json: bool = False) -> int:
+    """Read request lines until ``quit`` or end of input.
+
+    On a terminal the prompts are shown and lines can be edited and recalled (readline);
+    Ctrl-C during a request cancels that request only, Ctrl-C at the prompt leaves (status 130).
+    Piped input gets no prompt text.
+    """
+    tty = sys.stdin.isatty()
+    if tty:
+        try:
+            import readline  # noqa: F401 - importing it gives input() line editing and history
+        except ImportError:
+            pass
     prompt = first
     while True:
         try:
-            line = input(prompt + "\n")
+            line = input(prompt + "\n" if tty else "")
         except EOFError:
             return 0
         except KeyboardInterrupt:
-            print()
-            return 0
+            print(file=sys.stderr)
+            return EXIT_INTERRUPTED
         prompt = later
         if line.strip() == "quit":
             return 0
         if not line.strip():
             continue
-        for o in handle([line]):
-            _print_outcome(o, sink)
+        try:
+            for o in handle([line]):
+                _print_outcome(o, sink, as_json)
+        except KeyboardInterrupt:
+            print("note: cancelled", file=sys.stderr)
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output folder and make sure files can be written there, before any work."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CommandError(f"the output folder {folder} is a file (or lies in one)") from None
+    except OSError as exc:
+        raise CommandError(
+            f"cannot create the output folder {folder}: {exc.strerror} ({exc.filename})"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write to the output folder {folder}: permission denied")
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise CommandError(f"cannot write to the output folder {folder}: {exc.strerror}") from None
+    return folder
+
+
+def check_voice_file(path: str, what: str = "voice prompt") -> None:
+    """A voice prompt must be a readable audio file; found before any generation."""
+    from anygpt.audio import probe_audio
+
+    try:
+        probe_audio(path)
+    except ValueError as exc:
+        raise CommandError(f"{what}: {exc}") from None
+
+
+def _precheck_base(lines: list[str], modalities: list[str]) -> tuple[list[str], list]:
+    """Split off base lines whose voice prompt is unusable (reported before any generation)."""
+    from anygpt.runtime.engine import Outcome
+    from anygpt.runtime.requests import REQUEST_ERRORS, parse_base_line
+
+    keep, failed = [], []
+    for line in lines:
+        try:
+            req = parse_base_line(line, modalities)
+            if req.voice_prompt:
+                check_voice_file(req.voice_prompt)
+        except CommandError as exc:
+            failed.append(Outcome(line, error=str(exc)))
+            continue
+        except REQUEST_ERRORS:
+            pass  # the engine reports it in its place
+        keep.append(line)
+    return keep, failed
 
 
 def cmd_base(args: argparse.Namespace) -> int:
     from anygpt.runtime.engine import Engine
     from anygpt.runtime.media import FileSink
 
+    sink = FileSink(prepare_output_dir(args.output_dir))
     bundle = _load_bundle(args)
-    sink = FileSink(args.output_dir)
     engine = Engine(
         bundle,
         seed=args.seed,
@@ -274,12 +413,20 @@ def cmd_base(args: argparse.Namespace) -> int:
     )
     lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
     if not lines:
+
+        def handle(batch: list[str]):
+            keep, failed = _precheck_base(batch, bundle.modality_names)
+            return failed + engine.run_base(keep)
+
         return _interactive(
-            engine.run_base, "Please talk with AnyGPT:", "Please input prompts:", sink
+            handle, "Please talk with AnyGPT:", "Please input prompts:", sink, args.json
         )
+    lines, failed = _precheck_base(lines, bundle.modality_names)
+    for o in failed:
+        _print_outcome(o, sink, args.json)
     # each result is written and printed as soon as it is done
-    outcomes = engine.run_base(lines, on_outcome=lambda o: _print_outcome(o, sink))
-    return 0 if all(o.ok for o in outcomes) else EXIT_ERROR
+    outcomes = engine.run_base(lines, on_outcome=lambda o: _print_outcome(o, sink, args.json))
+    return 0 if not failed and all(o.ok for o in outcomes) else EXIT_ERROR
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -287,8 +434,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from anygpt.runtime.engine import Engine, Outcome
     from anygpt.runtime.media import FileSink
 
+    if args.voice:
+        check_voice_file(args.voice, "--voice")
+    sink = FileSink(prepare_output_dir(args.output_dir))
     bundle = _load_bundle(args)
-    sink = FileSink(args.output_dir)
     engine = Engine(bundle, seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens)
     session = ChatSession(engine, voice=args.voice)
 
@@ -299,19 +448,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if len(fields) >= 2 and fields[1].strip() == "clear":
                 session.clear()
                 out.append(Outcome(line, text="(conversation cleared)"))
-            else:
+                continue
+            history = list(session.conversation.messages)
+            try:
                 out.append(session.turn(line))
+            except KeyboardInterrupt:  # a cancelled turn leaves the conversation as it was
+                session.conversation.messages[:] = history
+                raise
         return out
 
     lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
     if not lines:
-        return _interactive(handle, "Please talk with AnyGPT chat:", "Please input prompts:", sink)
+        return _interactive(
+            handle, "Please talk with AnyGPT chat:", "Please input prompts:", sink, args.json
+        )
     ok = True
     for line in lines:
         if line.strip() == "quit":
             break
         for o in handle([line]):
-            _print_outcome(o, sink)
+            _print_outcome(o, sink, args.json)
             ok &= o.ok
     return 0 if ok else EXIT_ERROR
 
@@ -419,10 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (CheckpointError, ModalityError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip_message(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # the environment: permissions, a full disk, a missing device
+        where = f" ({exc.filename})" if exc.filename else ""
+        why = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or exc)
+        print(f"error: {clip_message(why)}{where}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

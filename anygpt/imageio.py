@@ -8,6 +8,7 @@ message that names the file: unreadable, not an image, truncated, or too large (
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -40,8 +41,12 @@ def open_image(
         source = io.BytesIO(source)
     elif isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise ImageError(f"'{path}' is a folder, not an image file")
         if not path.is_file():
             raise ImageError(f"image file not found: '{path}'")
+        if not os.access(path, os.R_OK):
+            raise ImageError(f"cannot read image file '{path}': permission denied")
     try:
         with warnings.catch_warnings():
             # We apply our own limit below; Pillow's warning would only duplicate it.
@@ -61,6 +66,8 @@ def open_image(
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is too large to decode safely: {exc}") from exc
+    except PermissionError as exc:
+        raise ImageError(f"cannot read {name}: permission denied") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not a recognised image file") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -169,7 +169,7 @@ def test_interactive_loop_survives_bad_lines(debug_bundle, tmp_path):
         stdin=lines,
     )
     assert r.returncode == 0
-    assert "Please talk with AnyGPT:" in r.stdout and "Please input prompts:" in r.stdout
+    assert "Please" not in r.stdout  # piped input gets no prompt text
     assert r.stderr.count("error: ") == 2 and len(saved(r.stdout)) == 1
 
 

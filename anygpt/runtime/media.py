@@ -67,5 +67,5 @@ class FileSink:
         for m in outcome.media:
             path = unique_path(self.output_dir, m.label or "output", m.modality, m.suffix)
             paths.append(write_atomic(path, m.save))
-        outcome.files.extend(paths)
+            outcome.files.append(paths[-1])  # listed at once: a later failure keeps it reported
         return paths

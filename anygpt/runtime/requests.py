@@ -68,6 +68,11 @@ def split_fields(line: str) -> list[str]:
     return parts
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut for an error message (a huge bad field is never echoed whole)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def parse_base_line(line: str, modalities: list[str]) -> BaseRequest:
     """Parse ``source|target|content[|voice_prompt]`` (AnyGPT's base command-line syntax)."""
     fields = split_fields(line.strip())
@@ -78,18 +83,21 @@ def parse_base_line(line: str, modalities: list[str]) -> BaseRequest:
     source, target = fields[0].strip().lower(), fields[1].strip().lower()
     rest = fields[2:]
     voice = None
-    if (
-        source == "text"
-        and target == "speech"
-        and len(rest) >= 2
-        and rest[-1].strip().lower().endswith(AUDIO_SUFFIXES)
-    ):
+    if source == "text" and target == "speech" and len(rest) >= 2:
+        if len(rest) > 2 or not rest[-1].strip().lower().endswith(AUDIO_SUFFIXES):
+            raise RequestError(
+                f"the voice prompt field '{clip(rest[-1].strip())}' is not an audio file "
+                f"({', '.join(AUDIO_SUFFIXES)}); 'text|speech|TEXT[|VOICE.wav]' takes one more "
+                "field at most (write \\| for a bar inside the text)"
+            )
         voice = rest.pop().strip()
     content = "|".join(rest)
     known = ["text", *modalities]
     for name in (source, target):
         if name not in known:
-            raise RequestError(f"unknown modality '{name}'; this model knows: {', '.join(known)}")
+            raise RequestError(
+                f"unknown modality '{clip(name)}'; this model knows: {', '.join(known)}"
+            )
     if (source == "text") == (target == "text"):
         raise RequestError(f"'{source}|{target}' is not supported: exactly one side must be text")
     if source != "text":
@@ -118,6 +126,19 @@ def _files(field_text: str) -> list[str]:
     return [p.strip() for p in field_text.split(",") if p.strip()]
 
 
+def _check_kinds(field_name: str, files: list[str], kind: tuple, other: tuple) -> None:
+    """Refuse a file of the other media kind in a field (fields swapped or shifted)."""
+    for f in files:
+        if f.lower().endswith(other) or (
+            field_name == "voice prompt" and not f.lower().endswith(kind)
+        ):
+            raise RequestError(
+                f"the {field_name} field holds '{clip(f)}', which is not "
+                f"{'an audio' if kind is AUDIO_SUFFIXES else 'an image'} file; the fields are "
+                "task|text|to_modality|voice|images|speech|music"
+            )
+
+
 def parse_chat_line(line: str, modalities: list[str] | None = None) -> ChatRequest:
     """Parse a chat line.  A line without ``|`` is plain text.
 
@@ -127,12 +148,21 @@ def parse_chat_line(line: str, modalities: list[str] | None = None) -> ChatReque
     """
     if "|" not in line:
         return ChatRequest("interleaved", line.strip())
-    f = [x.strip() for x in split_fields(line)] + [""] * 7
-    task, text, to_mod, voice, images, speech, music = f[:7]
+    given = [x.strip() for x in split_fields(line)]
+    if len(given) > 7:
+        raise RequestError(
+            f"a chat line has at most 7 fields (task|text|to_modality|voice|images|speech|music); "
+            f"this one has {len(given)} (write \\| for a bar inside the text)"
+        )
+    task, text, to_mod, voice, images, speech, music = (given + [""] * 7)[:7]
     if voice.lower().endswith(IMAGE_SUFFIXES) and (
         not images or images.lower().endswith(AUDIO_SUFFIXES)
     ):
         voice, images = images, voice
+    _check_kinds("voice prompt", [voice] if voice else [], AUDIO_SUFFIXES, IMAGE_SUFFIXES)
+    _check_kinds("image", _files(images), IMAGE_SUFFIXES, AUDIO_SUFFIXES)
+    _check_kinds("speech", _files(speech), AUDIO_SUFFIXES, IMAGE_SUFFIXES)
+    _check_kinds("music", _files(music), AUDIO_SUFFIXES, IMAGE_SUFFIXES)
     known = ["text", *(modalities or [])]
     if to_mod and modalities is not None and to_mod.lower() not in known:
         raise RequestError(

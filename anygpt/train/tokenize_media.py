@@ -209,7 +209,7 @@ def _waveform(tok: Any, modality: str, array: Any, rate: int, max_seconds: float
     if wav.size == 0:
         raise RowError("empty audio", "empty audio")
     if not np.isfinite(wav).all():
-        wav = np.nan_to_num(wav)
+        raise RowError("audio holds NaN or infinite samples", "unreadable file")
     wav = resample(wav, int(rate), int(tok.sample_rate))
     hop = getattr(tok, "hop_length", 1)
     if wav.shape[0] < hop:
