@@ -54,6 +54,8 @@ def test_wheel_installs_and_runs_a_request_outside_the_checkout(tmp_path):
         text=True,
     ).split()
     assert str(site) in where[0] and str(site) in where[1]
+    static = site / "anygpt" / "serve" / "static"  # the chat page `anygpt serve` shows at /
+    assert {p.name for p in static.iterdir()} >= {"index.html", "app.js", "style.css"}
     run = [py, "-m", "anygpt"]
     subprocess.run([*run, "debug-bundle", "B"], cwd=work, env=env, check=True, capture_output=True)
     out = subprocess.run(
