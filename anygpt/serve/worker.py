@@ -71,6 +71,7 @@ class ChatJob:
     sent_text: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     prefix: list[int] = field(default_factory=list)
+    span_start: dict[int, int] = field(default_factory=dict)  # choice -> index of <sosp>
     finish_reasons: list[str | None] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)  # (outcome, ids) per choice
     scheduled: list[Any] = field(default_factory=list)  # scheduler requests
@@ -136,6 +137,8 @@ class AcousticStage:
                     self.jobs.put(None)
                     break
                 pending.append(item)
+            # first chunks first: a reply's first audio waits for no other reply's later windows
+            pending.sort(key=lambda item: item[1][0].emit_from)
             groups: dict[Any, list] = defaultdict(list)
             for item in pending:
                 seed = item[3]
@@ -194,6 +197,7 @@ class BatchingWorker:
         self.continuous = continuous
         self._scheduler: Any = None
         self._scheduled: list[ChatJob] = []  # jobs with requests in the scheduler
+        self._code_ids: set[int] | None = None
         self.thread = threading.Thread(target=self._run, name="anygpt-llm", daemon=True)
         self.thread.start()
 
@@ -492,27 +496,44 @@ class BatchingWorker:
                 job.emit("done", job.results)
 
     def _stream_row(self, job: ChatJob, choice: int, ids: list[int], final: bool) -> None:
-        """Send the new text of one row and queue the speech windows that can be decoded now."""
+        """Send the new text of one row and queue the speech windows that can be decoded now.
+
+        Called after every step with all the row's ids, so the per-step work is kept small:
+        text is re-decoded only when the new token is not a code, and the speech span is parsed
+        only when enough frames for the next window exist.
+        """
         lay = self.engine.layout
-        segments = lay.find_segments(ids)
-        text = display_text(ids, segments, lay) if ids else ""
-        sent = job.sent_text[choice]
-        # SentencePiece pieces can change the tail of the decoded text; send only settled text
-        if (
-            text.startswith(sent)
-            and len(text) > len(sent)
-            and (final or not text.endswith("\ufffd"))
-        ):
-            job.emit("text", choice, text[len(sent) :])
-            job.sent_text[choice] = text
-        if not job.speech:
+        if self._code_ids is None:
+            self._code_ids = set(lay.all_code_ids.tolist())
+        if final or not ids or ids[-1] not in self._code_ids:
+            segments = lay.find_segments(ids)
+            text = display_text(ids, segments, lay) if ids else ""
+            sent = job.sent_text[choice]
+            # SentencePiece pieces can change the tail of the decoded text; send settled text only
+            if (
+                text.startswith(sent)
+                and len(text) > len(sent)
+                and (final or not text.endswith("\ufffd"))
+            ):
+                job.emit("text", choice, text[len(sent) :])
+                job.sent_text[choice] = text
+        if not job.speech or job.speech[choice].planned_all:
             return
-        spans = [s for s in segments if s.modality == "speech"]
-        if not spans:
-            return
-        span = spans[0]
-        codes = lay.codes_from_ids("speech", span.body).codes  # [K, T]
         state = job.speech[choice]
+        start = job.span_start.get(choice)
+        if start is None:
+            start_id = lay.start_ids["speech"]
+            start = next((i for i, t in enumerate(ids) if t == start_id), None)
+            if start is None:
+                return
+            job.span_start[choice] = start
+        end_id = lay.end_ids["speech"]
+        ended = final or end_id in ids[start + 1 :]
+        size = state.first_chunk if (state.planned == 0 and state.first_chunk) else state.chunk
+        if not ended and len(ids) - start - 1 < state.planned + size + state.lookahead:
+            return
+        span = next(s for s in lay.find_segments(ids[start:]) if s.modality == "speech")
+        codes = lay.codes_from_ids("speech", span.body).codes  # [K, T]
         windows = state.plan(int(codes.shape[1]), final=final or span.end is not None)
         if windows:
             seed = None if job.seed is None else job.seed + 7 + windows[0].emit_from
