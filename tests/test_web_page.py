@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -318,6 +319,10 @@ def _wav_seconds(b64: str) -> float:
 
 # ---------------------------------------------------------------------- tests
 def test_typed_message_gets_a_streamed_text_reply(page):
+    # the address the server prints is the page's
+    assert (
+        re.search(r"serving \S+ at (\S+) ", page.server.log.read_text())[1] == page.server.url + "/"
+    )
     assert "anygpt" in page.find("#model").get_attribute("value")
     assert page.js("return document.activeElement.id") == "message"
     page.find("#message").send_keys("hello there\n")  # Enter sends

@@ -79,6 +79,7 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"serving {model_id} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving {model_id} at {url}/ (chat page; API {url}/v1; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
