@@ -204,3 +204,29 @@ def test_resume_with_another_max_steps_is_refused(tmp_path):
     assert resolve_resume(_cfg(tmp_path, max_steps=8)) == str(ckpt)
     with pytest.raises(TrainError, match="max_steps=8.*max_steps=16"):
         resolve_resume(_cfg(tmp_path, max_steps=16))
+
+
+# ---------------------------------------------------------------------- item 7: training data
+@pytest.mark.parametrize(
+    "segment, says",
+    [
+        ("<sosp><🗣️3><🗣️1024><eosp>", "code 1024, out of range"),
+        ("<sosp><🗣️3><👀5><eosp>", "not a speech code"),
+        ("<sosp><🗣️3>hello<eosp>", "text after its last code"),
+        ("<sosp><eosp>", "is empty"),
+    ],
+)
+def test_pretraining_rows_with_codes_out_of_range_are_skipped(debug_bundle, segment, says):
+    import random
+
+    from anygpt.bundle import Bundle
+    from anygpt.train.config import DataSpec
+    from anygpt.train.data import SkipExample
+    from anygpt.train.pretrain_data import PretrainExamples
+
+    bundle = Bundle(debug_bundle, device="cpu")
+    build = PretrainExamples(bundle.tokenizer, bundle.layout.modalities, 4096)
+    spec, rng = DataSpec("x.jsonl", name="x"), random.Random(0)
+    assert len(build({"text": "hi", "speech": "<sosp><🗣️3><🗣️1023><eosp>"}, spec, rng).ids)
+    with pytest.raises(SkipExample, match=says):
+        build({"text": "hi", "speech": segment}, spec, rng)

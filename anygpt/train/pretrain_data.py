@@ -59,6 +59,27 @@ def render_pair(
     return full, (len(prompt) + 1, len(full))
 
 
+def segment_problem(segment: str, tokens: ModalityTokens) -> str | None:
+    """Why a ``<start><code>...<end>`` string is not one span of this modality's codes, or None.
+
+    A code token out of range is not in the vocabulary: the text tokenizer would split it into
+    ordinary pieces, and the model would be trained on them.
+    """
+    body = segment[len(tokens.start_tag) : len(segment) - len(tokens.end_tag)]
+    if not body:
+        return "is empty"
+    head = "<" + tokens.prefix
+    pieces = body.split(">")
+    if pieces[-1] != "":
+        return "has text after its last code"
+    for piece in pieces[:-1]:
+        if not piece.startswith(head) or not piece[len(head) :].isdigit():
+            return f"holds '{piece[:40]}>', not a {tokens.name} code"
+        if int(piece[len(head) :]) >= tokens.vocab_size:
+            return f"holds code {piece[len(head) :]}, out of range (< {tokens.vocab_size})"
+    return None
+
+
 class PretrainExamples:
     """Builds stage-1 examples (see the module docstring).
 
@@ -101,6 +122,9 @@ class PretrainExamples:
             and segment.endswith(tokens.end_tag)
         ):
             raise SkipExample(f"malformed {modality} segment")
+        bad = segment_problem(segment, tokens)
+        if bad:
+            raise SkipExample(f"{modality} segment {bad}")
         p = spec.x2t_prob if spec.x2t_prob is not None else default_x2t_prob(modality, spec.name)
         x2t = rng.random() < p
         instruction = choose_instruction(X2T if x2t else T2X, modality, rng)
