@@ -505,7 +505,7 @@ class BatchingWorker:
         lay = self.engine.layout
         if self._code_ids is None:
             self._code_ids = set(lay.all_code_ids.tolist())
-        if final or not ids or ids[-1] not in self._code_ids:
+        if final or not job.sent_text[choice] or (ids and ids[-1] not in self._code_ids):
             segments = lay.find_segments(ids)
             text = display_text(ids, segments, lay) if ids else ""
             sent = job.sent_text[choice]
