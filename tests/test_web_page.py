@@ -369,7 +369,9 @@ def test_uploaded_wav_and_image_get_a_spoken_reply_in_a_chosen_voice(page, files
 
     player = reply.find_element("css selector", ".audio-reply")
     assert player.get_attribute("data-state") == "done"
-    assert player.get_attribute("data-started-at-chunk") == "1"  # played from the first chunk
+    assert player.get_attribute("data-started-at-chunk") == "1"  # played from the first chunk,
+    assert float(player.get_attribute("data-started-before-end-ms")) > 0  # before the reply ended
+    assert player.get_attribute("data-clock") == "running"  # on a running audio clock
     seconds = _media_seconds(page, player.find_element("css selector", "audio"))
     assert seconds == pytest.approx(float(player.get_attribute("data-seconds")), abs=0.05)
     assert seconds > 0
@@ -523,6 +525,7 @@ def test_spoken_conversation_with_the_shipped_model(browser, shipped_server, tmp
         assert "failed" not in reply.get_attribute("class"), page.text()
         player = reply.find_element("css selector", ".audio-reply")
         assert player.get_attribute("data-started-at-chunk") == "1"
+        assert float(player.get_attribute("data-started-before-end-ms")) > 0
         assert _media_seconds(page, player.find_element("css selector", "audio")) > 0.2
     later = page.chat_requests()[-1]["messages"]
     assert [m["role"] for m in later] == ["user", "assistant", "user"]

@@ -294,6 +294,7 @@
       if (this.root.dataset.state === "waiting") {
         this.root.dataset.state = "playing";
         this.root.dataset.startedAtChunk = String(this.chunks);
+        this.startedAt = performance.now();
       }
       this.root.dataset.chunks = String(this.chunks);
       this.live.textContent = `${this.label}: playing as it arrives (${seconds.toFixed(1)} s so far)`;
@@ -312,6 +313,7 @@
       source.connect(this.ctx.destination);
       const start = Math.max(this.nextTime, this.ctx.currentTime + 0.05);
       source.start(start);
+      this.root.dataset.clock = this.ctx.state; // "running" when the sound really plays
       this.nextTime = start + buffer.duration;
       this.sources.push(source);
     }
@@ -328,9 +330,13 @@
       this.stopButton.remove();
     }
 
-    /** The whole reply as a wav player; false when no audio came. */
-    finish() {
+    /** The whole reply as a wav player; false when no audio came.  `streamEnd`: when the
+     *  response ended (performance.now()), to record how long before it playing began. */
+    finish(streamEnd) {
       this.stopButton.remove();
+      if (this.startedAt !== undefined) {
+        this.root.dataset.startedBeforeEndMs = (streamEnd - this.startedAt).toFixed(1);
+      }
       if (!this.pcmBytes) {
         this.root.remove();
         return false;
@@ -925,7 +931,7 @@
       }
       render();
     });
-    const played = player ? player.finish() : false;
+    const played = player ? player.finish(performance.now()) : false;
     // the reply text marks where media stood ("[speech]"); the media itself is shown instead
     let shown = splitMarkdownImages(text || transcript).text;
     if (played) shown = shown.replace(/\[(speech|music|audio)\]/g, " ");
