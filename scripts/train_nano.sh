@@ -24,7 +24,7 @@ if [ "$TINY" = 1 ]; then
   IMAGE_ARGS="--steps 4 --batch-size 4"
   MUSIC_ARGS="--steps 4 --batch-size 2 --crop-s 0.5"
   SPEECH_ARGS="--size tiny --units 32 --recogniser-steps 4 --vocoder-steps 4 --kmeans-iters 2 --batch-size 2"
-  LLM_ARGS="--vocab-size 300 --hidden 64 --layers 2 --heads 4 --kv-heads 2"
+  LLM_ARGS="--vocab-size 400 --hidden 64 --layers 2 --heads 4 --kv-heads 2"
   PRE_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
   SFT_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
   EVAL_LIMIT=2
@@ -72,7 +72,7 @@ mkdir -p "$D"
 for m in image speech music; do
   $A tokenize "$W/train/$m.jsonl" --model "$WORK/bundle0" -o "$D/$m.jsonl" --device cpu
 done
-$A tokenize-chat "$W/train/dialogues.jsonl" --model "$WORK/bundle0" -o "$D/dialogues.jsonl" --device cpu
+[ -f "$D/dialogues.jsonl" ] || $A tokenize-chat "$W/train/dialogues.jsonl" --model "$WORK/bundle0" -o "$D/dialogues.jsonl" --device cpu
 
 step "stage 1: pretraining"
 [ -f "$WORK/pretrain/final/bundle.json" ] || $A pretrain --config config/train/nano_pretrain.yaml \

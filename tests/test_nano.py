@@ -54,15 +54,22 @@ def test_reduced_evaluation_of_the_shipped_bundle(tmp_path):
     assert by_task["music captioning"] >= REDUCED["music captioning"], by_task
 
 
-@pytest.mark.slow
 @needs_espeak
 def test_the_nano_recipe_runs_end_to_end_in_its_tiny_setting(tmp_path):
     env = {**os.environ, "TINY": "1", "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out")}
     r = subprocess.run(
         ["bash", str(ROOT / "scripts" / "train_nano.sh")],
-        capture_output=True, text=True, env=env, timeout=1500,
+        capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     out = tmp_path / "out"
     assert (out / "bundle.json").is_file() and (out / "demo" / "picture.png").is_file()
-    assert "| image captioning |" in r.stdout
+    assert "final bundle:" in r.stdout + r.stderr
+    assert "| image captioning |" in r.stdout and "| spoken chat about a picture |" in r.stdout
+    # every step ran: a second run finds every result and redoes nothing but the evaluation
+    again = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "train_nano.sh")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    both = again.stdout + again.stderr
+    assert again.returncode == 0 and "final bundle:" not in both, both[-2000:]

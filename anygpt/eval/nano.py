@@ -163,22 +163,28 @@ def eval_text_to_speech(engine, split: Path, limit: int | None) -> tuple[Score, 
     clones = engine.run_base(
         [f"text|speech|{r['text']}|{split / p['speech']}" for r, p, _ in pairs]
     )
-    wins, own_sims, other_sims = 0, [], []
+    # a reply that failed or is too short to compare counts as a loss, never drops out
+    wins, own_sims, other_sims, unusable = 0, [], [], 0
     for (_, p, q), o in zip(pairs, clones, strict=True):
-        if not (o.ok and o.media):
+        try:
+            if not (o.ok and o.media):
+                raise ValueError("no reply")
+            wave = o.media[0].numpy()
+            own = speaker_similarity(wave, _wave(split / p["speech"]), 16000)
+            oth = speaker_similarity(wave, _wave(split / q["speech"]), 16000)
+        except ValueError:
+            unusable += 1
             continue
-        wave = o.media[0].numpy()
-        own = speaker_similarity(wave, _wave(split / p["speech"]), 16000)
-        oth = speaker_similarity(wave, _wave(split / q["speech"]), 16000)
         own_sims.append(own)
         other_sims.append(oth)
         wins += int(own > oth)
-    n = max(len(own_sims), 1)
+    n, m = max(len(pairs), 1), max(len(own_sims), 1)
     clone = Score(
         "voice cloning", "replies closer to their prompt voice than to another", wins / n,
-        "> 0.50", len(own_sims), wins / n > 0.5,
-        {"mean similarity to prompt": round(sum(own_sims) / n, 3),
-         "mean similarity to other voice": round(sum(other_sims) / n, 3)},
+        "> 0.50", len(pairs), wins / n > 0.5,
+        {"mean similarity to prompt": round(sum(own_sims) / m, 3),
+         "mean similarity to other voice": round(sum(other_sims) / m, 3),
+         "replies too short or failed": unusable},
     )  # fmt: skip
     return tts, clone
 

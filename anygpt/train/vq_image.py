@@ -240,7 +240,7 @@ def _train(args: argparse.Namespace) -> int:
             out / "resume.pt.tmp",
         )
         (out / "resume.pt.tmp").replace(resume)
-        info = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "step": step}
+        info = {"args": {k: v for k, v in vars(args).items() if not callable(v)}, "step": step}
         info.update({"seconds": round(spent, 1), "train_pictures": len(pixels)})
         if metrics:
             info["heldout"] = metrics
