@@ -330,7 +330,10 @@ def test_typed_message_gets_a_streamed_text_reply(page):
     page.shot("text-reply")
     assert "failed" not in reply.get_attribute("class"), page.text()
     assert page.find(".turn.user .text").text == "hello there"
-    assert reply.find_element("css selector", ".text").text.strip()
+    answer = reply.find_element("css selector", ".text").text.strip()
+    assert answer
+    status = page.js("return document.getElementById('status').textContent")
+    assert status.startswith("AnyGPT replied: ") and answer.split()[0] in status  # read out
     (body,) = page.chat_requests()
     assert body["stream"] is True and body["modalities"] == ["text"]
     assert body["max_tokens"] == MAX_TOKENS

@@ -843,7 +843,7 @@
       }
       state.history.push(userMessage, { role: "assistant", content: replyText });
       turn.item.dataset.done = "true";
-      announce("reply received");
+      announce(`AnyGPT replied: ${turn.body.innerText.trim().slice(0, 300) || replyText}`);
     } catch (err) {
       turn.item.classList.add("failed");
       if (err.name === "AbortError") {
