@@ -68,15 +68,16 @@ class CachedLM:
     def cache_bytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
-    def _attention(self, layer_index: int, layer, x, cos, sin, write, kv_length, mask, causal):
-        """One attention block; ``write(k, v)`` stores the new keys/values in the cache."""
+    def _attention(self, layer, cache, x, cos, sin, write, kv_length, mask, causal):
+        """One attention block; ``write(cache, k, v)`` stores the new keys/values in the layer's
+        ``cache = (keys, values)``, each ``[slots, kv_heads, max_length, head_dim]``."""
         attn = layer.self_attn
         rows, length, _ = x.shape
         q = attn.q_proj(x).view(rows, length, -1, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(rows, length, -1, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(rows, length, -1, self.head_dim).transpose(1, 2)
         q, k = self._rope(q, k, cos, sin)
-        keys, values = write(layer_index, k, v)
+        keys, values = write(*cache, k, v)
         out = F.scaled_dot_product_attention(
             q,
             keys[:, :, :kv_length],
@@ -91,9 +92,17 @@ class CachedLM:
     def _layers(self, ids, positions, write, kv_length, mask, causal):
         x = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(x, positions)
-        for i, layer in enumerate(self.layers):
+        for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
             x = x + self._attention(
-                i, layer, layer.input_layernorm(x), cos, sin, write, kv_length, mask, causal
+                layer,
+                (keys, values),
+                layer.input_layernorm(x),
+                cos,
+                sin,
+                write,
+                kv_length,
+                mask,
+                causal,
             )
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.inner.norm(x)
@@ -108,10 +117,10 @@ class CachedLM:
                 f"a prompt of {length} tokens does not fit the cache ({self.max_length})"
             )
 
-        def write(i, k, v):
-            self.keys[i, slot, :, :length] = k[0]
-            self.values[i, slot, :, :length] = v[0]
-            return self.keys[i, slot : slot + 1], self.values[i, slot : slot + 1]
+        def write(keys, values, k, v):
+            keys[slot, :, :length] = k[0]
+            values[slot, :, :length] = v[0]
+            return keys[slot : slot + 1], values[slot : slot + 1]
 
         positions = torch.arange(length, device=self.device).unsqueeze(0)
         hidden = self._layers(
@@ -122,11 +131,16 @@ class CachedLM:
     def _decode_impl(self, tokens, positions, kv_length: int, mask):
         rows = tokens.shape[0]
         index = torch.arange(rows, device=tokens.device)
+        at = kv_length - 1  # every row's position when the batch is not ragged
 
-        def write(i, k, v):
-            self.keys[i, index, :, positions] = k[:, :, 0]
-            self.values[i, index, :, positions] = v[:, :, 0]
-            return self.keys[i, :rows], self.values[i, :rows]
+        def write(keys, values, k, v):
+            if mask is None:  # one position for all rows: a plain slice copy
+                keys[:rows, :, at] = k[:, :, 0]
+                values[:rows, :, at] = v[:, :, 0]
+            else:
+                keys[index, :, positions] = k[:, :, 0]
+                values[index, :, positions] = v[:, :, 0]
+            return keys[:rows], values[:rows]
 
         hidden = self._layers(
             tokens.unsqueeze(1), positions.unsqueeze(1), write, kv_length, mask, False
