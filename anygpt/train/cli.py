@@ -29,11 +29,21 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         limit=args.limit,
         overwrite=args.overwrite,
     )
-    summary = tokenize_manifest(cfg)
     from pathlib import Path
 
     out = Path(cfg.output)
-    errors = Path(cfg.errors) if cfg.errors else out.with_name(out.stem + ".errors.jsonl")
+    sharded = (
+        args.format == "parquet" or args.num_shards is not None or args.shard_index is not None
+    )
+    if sharded:
+        from anygpt.train.shards import STATE_DIR, ShardPlan, tokenize_to_shards
+
+        plan = ShardPlan.resolve(args.num_shards, args.shard_index, args.rows_per_part)
+        summary = tokenize_to_shards(cfg, plan)
+        errors = Path(cfg.errors or out / STATE_DIR / f"errors-{plan.shard_index:05d}.jsonl")
+    else:
+        summary = tokenize_manifest(cfg)
+        errors = Path(cfg.errors) if cfg.errors else out.with_name(out.stem + ".errors.jsonl")
     print(summary.line(cfg, errors))
     if summary.reasons:
         print("failures: " + ", ".join(f"{n} {r}" for r, n in sorted(summary.reasons.items())))
@@ -112,6 +122,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--limit", type=int, help="only the first N rows")
     t.add_argument("--overwrite", action="store_true", help="start again from the first row")
+    t.add_argument(
+        "--format",
+        choices=("jsonl", "parquet"),
+        default="jsonl",
+        help="jsonl: one file; parquet: a folder of shard parts that 'datasets' loads",
+    )
+    t.add_argument(
+        "--num-shards",
+        type=int,
+        help="parquet: deal rows to N shards (default under a launcher: WORLD_SIZE)",
+    )
+    t.add_argument("--shard-index", type=int, help="parquet: the shard to write (default: RANK)")
+    t.add_argument("--rows-per-part", type=int, default=4096, help="parquet: rows per part file")
     t.set_defaults(handler=cmd_tokenize)
 
     e = sub.add_parser(
