@@ -79,6 +79,12 @@ def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
+def nan_wav() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.full(8000, np.nan, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -229,6 +235,14 @@ BAD = [
      {"model": "anygpt", "messages": user([{"type": "input_audio",
                                            "input_audio": {"data": b64(b"RIFF garbage"), "format": "wav"}}])},
      400, None),
+    ("audio of NaN samples", "/v1/chat/completions",
+     {"model": "anygpt", "messages": user([{"type": "input_audio",
+                                           "input_audio": {"data": b64(nan_wav()), "format": "wav"}}])},
+     400, None),
+    ("audio too short to encode", "/v1/chat/completions",
+     {"model": "anygpt", "messages": user([{"type": "input_audio",
+                                           "input_audio": {"data": b64(wav_bytes(0.0005)), "format": "wav"}}])},
+     400, None),
     ("unreadable image", "/v1/chat/completions",
      {"model": "anygpt", "messages": user([{"type": "image_url",
                                            "image_url": {"url": "data:image/png;base64," + b64(b"nope")}}])},
@@ -270,6 +284,7 @@ def test_bad_requests_get_openai_errors(server, what, path, body, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert "anygpt-serve-" not in err["message"] and "object at 0x" not in err["message"]
     if code:
         assert err["code"] == code
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -25,6 +26,15 @@ IMAGE_MIME = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "i
 IMAGE_MIME.update({"image/gif": ".gif", "image/bmp": ".bmp"})
 
 
+TEMP_PREFIX = "anygpt-serve-"
+
+
+def scrub(message: str) -> str:
+    """A message without the server's temporary file names or Python object reprs."""
+    message = re.sub(r"""[^\s'"]*""" + TEMP_PREFIX + r"""[^\s'"]*""", "the uploaded file", message)
+    return re.sub(r" ?<_io\.\w+ object at 0x[0-9a-f]+>", "", message)
+
+
 class APIError(Exception):
     """A request the server refuses: HTTP status and OpenAI's ``error`` object fields."""
 
@@ -37,6 +47,7 @@ class APIError(Exception):
         param: str | None = None,
         type: str = "invalid_request_error",
     ) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -87,7 +98,7 @@ class TempFiles:
     paths: list[str] = field(default_factory=list)
 
     def write(self, data: bytes, suffix: str) -> str:
-        fd, path = tempfile.mkstemp(prefix="anygpt-serve-", suffix=suffix)
+        fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         self.paths.append(path)
@@ -118,9 +129,9 @@ def check_audio(data: bytes, limits: Limits, param: str) -> float:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types for bad bytes
-        raise APIError(
-            400, f"{param}: unreadable audio ({str(exc).splitlines()[0][:200]})", param=param
-        ) from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = re.sub(r"^Error opening <[^>]*>: ", "", reason)[:200]
+        raise APIError(400, f"{param}: unreadable audio ({reason})", param=param) from exc
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
     if info.frames <= 0:
         raise APIError(400, f"{param}: the audio is empty", param=param)
@@ -264,7 +275,8 @@ def number(body: dict, key: str, lo: float, hi: float, default: Any = None, inte
         ok = ok and float(value).is_integer()
     if not ok or not lo <= value <= hi:
         kind = "an integer" if integer else "a number"
-        raise APIError(400, f"{key} must be {kind} in [{lo:g}, {hi:g}]", param=key)
+        bounds = f"[{int(lo)}, {int(hi)}]" if integer else f"[{lo:g}, {hi:g}]"
+        raise APIError(400, f"{key} must be {kind} in {bounds}", param=key)
     return int(value) if integer else float(value)
 
 
