@@ -141,6 +141,72 @@ def run_grouped(
     return out
 
 
+def synthetic_waves(sample_rate: int, gen: torch.Generator, n: int = 6, seconds: float = 0.5):
+    """Varied test signals for fitting tiny codebooks: [n, 1, T] float32 in [-1, 1].
+
+    Each is a tone of its own pitch (80 Hz to a third of the rate), loudness and tremolo, with
+    a little noise; the later ones are noise bursts, so quiet and noisy frames are covered too.
+    """
+    t = torch.arange(int(sample_rate * seconds)) / sample_rate
+    waves = []
+    top = sample_rate / 3
+    for i in range(n):
+        u = torch.rand(4, generator=gen)
+        pitch = 80 * (top / 80) ** (i / max(n - 1, 1))
+        tone = torch.sin(2 * torch.pi * pitch * (1 + 0.05 * u[0]) * t)
+        tremolo = 1 + 0.5 * torch.sin(2 * torch.pi * (1 + 6 * u[1]) * t)
+        noise = torch.randn(t.shape, generator=gen)
+        wave = (0.2 + 0.6 * u[2]) * tone * tremolo + 0.05 * noise
+        if i >= n - 2:  # noise bursts
+            wave = noise * (0.1 + 0.5 * u[3]) * (torch.sin(2 * torch.pi * 3 * t) > 0)
+        waves.append(wave.clamp(-1, 1))
+    return torch.stack(waves).unsqueeze(1)
+
+
+class _Captured(Exception):
+    """Stops an encoder pass once the codebook being fitted has seen its input."""
+
+
+@torch.no_grad()
+def fill_codebooks_from_data(module: torch.nn.Module, run, gen: torch.Generator) -> int:
+    """Set a tiny test model's codebooks to vectors its own encoder produces for varied inputs.
+
+    Random codebooks far from the encoder's outputs give one code for every input, so no test
+    could tell inputs apart. ``run()`` encodes some inputs (e.g. :func:`synthetic_waves`).
+    Codebook modules are those with an ``embed`` buffer [K, D] and a ``quantize(x [N, D])``
+    method (the RVQ layers of SpeechTokenizer and EnCodec); they are filled in module order, so
+    each residual layer is fitted to what the layers before it leave. Returns how many.
+    """
+    books = [
+        m
+        for m in module.modules()
+        if isinstance(getattr(m, "embed", None), torch.Tensor) and hasattr(m, "quantize")
+    ]
+    for book in books:
+        seen: list[torch.Tensor] = []
+
+        def spy(x, *args, _seen=seen, **kw):
+            _seen.append(x.detach().reshape(-1, x.shape[-1]).float())
+            raise _Captured  # the layers after this one are not needed yet
+
+        book.quantize = spy
+        try:
+            run()
+        except _Captured:
+            pass
+        finally:
+            del book.quantize  # the class's method again
+        feats = torch.cat(seen)
+        size = book.embed.reshape(-1, feats.shape[-1]).shape[0]
+        pick = torch.randint(0, feats.shape[0], (size,), generator=gen)
+        spread = feats.std(dim=0, keepdim=True) * 0.05
+        embed = feats[pick] + torch.randn(size, feats.shape[-1], generator=gen) * spread
+        book.embed.copy_(embed.reshape(book.embed.shape))
+        if isinstance(getattr(book, "embed_avg", None), torch.Tensor):
+            book.embed_avg.copy_(book.embed)
+    return len(books)
+
+
 def fill_codebooks_randomly(module: torch.nn.Module, gen: torch.Generator) -> None:
     """Random codebooks for a tiny test model.
 

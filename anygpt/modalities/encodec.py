@@ -22,8 +22,10 @@ from anygpt.modalities.base import (
     Codes,
     ModalityError,
     ModalityTokenizer,
+    fill_codebooks_from_data,
     fill_codebooks_randomly,
     run_grouped,
+    synthetic_waves,
 )
 from anygpt.modalities.registry import BuildContext, Family, ModalityEntry, register
 
@@ -235,6 +237,10 @@ def write_tiny_encodec(
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     model = EncodecModel(cfg)
     fill_codebooks_randomly(model, gen)
+    waves = synthetic_waves(rate, gen)
+    fill_codebooks_from_data(
+        model, lambda: model.encode(waves, bandwidth=max(shape["bandwidths"])), gen
+    )
     model.save_pretrained(str(root / folder))
     opts = {"num_codebooks": tokens.num_codebooks}
     return ModalityEntry("encodec", tokens, {"model": folder}, opts)

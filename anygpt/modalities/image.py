@@ -172,8 +172,21 @@ def write_tiny_seed(
     seed = 0 if gen is None else int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     torch.manual_seed(seed)
     model = seed_mod.build_seed(cfg)
-    with torch.no_grad():  # spread the codebook over the encoder's output range so codes differ
-        model.quantize.embedding.weight.normal_(0.0, 0.5)
+    with torch.no_grad():
+        # codebook rows are the encoder's own outputs for varied pictures (flat colours with a
+        # block of another colour), so different images get different codes
+        size = cfg.image_size
+        g = torch.Generator().manual_seed(seed)
+        pictures = torch.rand(16, 3, 1, 1, generator=g).expand(-1, -1, size, size).clone()
+        for i, (y, x) in enumerate(torch.randint(0, size // 2, (16, 2), generator=g).tolist()):
+            pictures[i, :, y : y + size // 2, x : x + size // 2] = torch.rand(3, 1, 1, generator=g)
+        seen: dict = {}
+        model.encode((pictures - 0.45) / 0.27, intermediates=seen)
+        feats = seen["pre_quant"].reshape(-1, seen["pre_quant"].shape[-1]).float()
+        weight = model.quantize.embedding.weight
+        pick = torch.randint(0, feats.shape[0], (weight.shape[0],), generator=g)
+        noise = torch.randn(weight.shape, generator=g) * feats.std(dim=0, keepdim=True) * 0.05
+        weight.copy_(feats[pick] + noise)
     seed_mod.save_seed(model, root / "seed")
     build_tiny_unclip_pipeline(root / "unclip", embed_dim=cfg.image_feature_dim, seed=seed)
     return ModalityEntry("seed", tokens, {"model": "seed", "unclip": "unclip"}, {"steps": 2})

@@ -30,8 +30,10 @@ from anygpt.modalities.base import (
     Codes,
     ModalityError,
     ModalityTokenizer,
+    fill_codebooks_from_data,
     fill_codebooks_randomly,
     run_grouped,
+    synthetic_waves,
 )
 from anygpt.modalities.registry import BuildContext, Family, ModalityEntry, register
 
@@ -334,6 +336,8 @@ def write_tiny_speechtokenizer(
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     model = build_speechtokenizer(cfg)
     fill_codebooks_randomly(model, gen)
+    waves = synthetic_waves(cfg["sample_rate"], gen)
+    fill_codebooks_from_data(model, lambda: model.encode(waves, n_q=cfg["n_q"]), gen)
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     # the released file is a plain torch state dict named ckpt.dev; keep that layout
     torch.save(model.state_dict(), d / "ckpt.dev")
