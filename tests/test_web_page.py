@@ -113,16 +113,17 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def servers(debug_bundle, tmp_path_factory):
-    """Servers on the debug bundle and on the shipped model, started together (their start-ups
-    overlap) and stopped at the end of the module."""
+def servers(request, tmp_path_factory):
+    """Servers on the shipped model and on the debug bundle, started together (their start-ups
+    overlap, the first also with writing the debug bundle) and stopped at the end of the module."""
     from anygpt.paths import default_model
 
     logs = tmp_path_factory.mktemp("serve")
-    started = {"debug": Server(debug_bundle, logs / "debug.log")}
-    if (default_model() / "bundle.json").is_file():
-        started["shipped"] = Server(default_model(), logs / "shipped.log")
+    started = {}
     try:
+        if (default_model() / "bundle.json").is_file():
+            started["shipped"] = Server(default_model(), logs / "shipped.log")
+        started["debug"] = Server(request.getfixturevalue("debug_bundle"), logs / "debug.log")
         yield started
     finally:
         for srv in started.values():
@@ -532,3 +533,22 @@ def test_spoken_conversation_with_the_shipped_model(browser, shipped_server, tmp
         assert _media_seconds(page, player.find_element("css selector", "audio")) > 0.2
     later = page.chat_requests()[-1]["messages"]
     assert [m["role"] for m in later] == ["user", "assistant", "user"]
+
+
+def test_stop_ends_a_long_spoken_reply_and_keeps_what_came(page):
+    page.js("document.getElementById('max-tokens').value = ''")  # the debug model talks long
+    page.reply_as("speech")
+    page.find("#message").send_keys("talk for a while\n")
+    page.wait(lambda: page.all('.audio-reply[data-state="playing"]'), what="the first audio")
+    page.shot("long-reply-playing")
+    assert page.find("#progress").is_displayed()
+    page.find("#stop").click()
+    stopped = page.wait_reply(1)
+    assert "failed" in stopped.get_attribute("class") and "Stopped." in stopped.text
+    assert not page.find("#progress").is_displayed()
+    kept = stopped.find_element("css selector", ".audio-reply audio")  # what came can be replayed
+    assert _media_seconds(page, kept) > 0
+    page.js("document.getElementById('max-tokens').value = arguments[0]", MAX_TOKENS)
+    page.find("#message").send_keys("a short one\n")
+    assert "failed" not in page.wait_reply(2).get_attribute("class"), page.text()
+    assert len(page.chat_requests()[-1]["messages"]) == 1  # the stopped turn is not kept

@@ -313,12 +313,14 @@
       source.connect(this.ctx.destination);
       const start = Math.max(this.nextTime, this.ctx.currentTime + 0.05);
       source.start(start);
+      StreamPlayer.active.add(this);
       this.root.dataset.clock = this.ctx.state; // "running" when the sound really plays
       this.nextTime = start + buffer.duration;
       this.sources.push(source);
     }
 
     silence() {
+      StreamPlayer.active.delete(this);
       for (const source of this.sources) {
         try {
           source.stop();
@@ -353,6 +355,8 @@
       return true;
     }
   }
+
+  StreamPlayer.active = new Set(); // players with sound scheduled, silenced by Clear
 
   function concat(...parts) {
     const total = parts.reduce((n, p) => n + p.length, 0);
@@ -846,6 +850,11 @@
       announce(`AnyGPT replied: ${turn.body.innerText.trim().slice(0, 300) || replyText}`);
     } catch (err) {
       turn.item.classList.add("failed");
+      if (turn.player) {
+        // what came stays to replay; nothing more is played
+        turn.player.silence();
+        turn.player.finish(performance.now());
+      }
       if (err.name === "AbortError") {
         turn.body.append(el("p", { class: "note", text: "Stopped." }));
         announce("stopped");
@@ -923,7 +932,7 @@
         if (part.audio) {
           if (part.audio.transcript) transcript += part.audio.transcript;
           if (part.audio.data) {
-            if (!player) player = new StreamPlayer(turn.body, label);
+            if (!player) player = turn.player = new StreamPlayer(turn.body, label);
             player.push(part.audio.data, Number(part.audio.sample_rate) || 0);
           }
         }
@@ -963,6 +972,7 @@
   // ------------------------------------------------------------------ wiring
   function clearConversation() {
     if (state.busy) state.busy.controller.abort();
+    for (const player of StreamPlayer.active) player.silence();
     state.history = [];
     state.attachments = [];
     renderAttachments();
