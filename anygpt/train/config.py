@@ -96,6 +96,7 @@ class TrainConfig:
     pack: bool = True
     packing: str = "first_fit"  # "first_fit" (fills gaps, low padding) or "greedy" (AnyGPT)
     pack_window: int = 64  # open blocks first-fit packing may fill
+    streaming: bool = False  # build and pack training rows while training (no cached dataset)
     pad_to_multiple_of: int | None = 8
     preprocessing_num_workers: int = 1
     cache_dir: str | None = None  # default OUTPUT_DIR/data_cache
@@ -296,6 +297,8 @@ HELP = {
     "pack": "pack several examples per row (they never attend to each other)",
     "packing": "first_fit (low padding) or greedy (AnyGPT's order-keeping rule)",
     "pad_to_multiple_of": "round row lengths up to this ('none': no rounding)",
+    "streaming": "build and pack training rows as training reads them, in build order "
+    "(nothing cached; memory holds the draw order and the open blocks only)",
     "preprocessing_num_workers": "processes that tokenize the data",
     "cache_dir": "where built datasets are kept (default: OUTPUT_DIR/data_cache)",
     "precision": "bf16, fp16 or fp32 (half precision needs a GPU; else fp32 with a note)",

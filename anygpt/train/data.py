@@ -336,25 +336,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_data(
-    cfg: TrainConfig,
-    tokenizer,
-    fn: ExampleFn,
-    *,
-    extra_key: dict | None = None,
-    log: Callable[[str], None] = print,
-) -> PreparedData:
-    """Build (or read from the cache) the datasets for ``cfg`` with example builder ``fn``."""
-    sources = [JsonlRows(s) for s in cfg.datasets]
-    key = data_key(cfg, sources, tokenizer_fingerprint(tokenizer), extra_key or {})
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "data_cache"
-    path = cache_root / f"{cfg.stage}-{key}"
-    if (path / "stats.json").is_file():
-        stats = json.loads((path / "stats.json").read_text())
-        log(f"data: using the cached build {path}")
-        log(summary_line(stats, cfg))
-        return _load(path, stats)
-
+def draw_order(cfg: TrainConfig, sources: list, log: Callable[[str], None] = print):
+    """(training draws, validation rows, group weights): steps 2-3, (dataset, row) pairs only."""
     train_pools: dict[str, list[tuple[int, int]]] = {}
     val_items: list[tuple[int, int]] = []
     train_sizes = []
@@ -372,7 +355,31 @@ def prepare_data(
         order = mixture_order(train_pools, weights, n_train, cfg.seed)
     else:
         order = shuffled_concatenation(train_pools, cfg.seed)
+    return order, val_items, weights
 
+
+def prepare_data(
+    cfg: TrainConfig,
+    tokenizer,
+    fn: ExampleFn,
+    *,
+    extra_key: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> PreparedData:
+    """Build (or read from the cache) the datasets for ``cfg`` with example builder ``fn``."""
+    from anygpt.train.shards import open_rows
+
+    sources = [open_rows(s) for s in cfg.datasets]  # JSON Lines files or Parquet parts
+    key = data_key(cfg, sources, tokenizer_fingerprint(tokenizer), extra_key or {})
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "data_cache"
+    path = cache_root / f"{cfg.stage}-{key}"
+    if (path / "stats.json").is_file():
+        stats = json.loads((path / "stats.json").read_text())
+        log(f"data: using the cached build {path}")
+        log(summary_line(stats, cfg))
+        return _load(path, stats)
+
+    order, val_items, weights = draw_order(cfg, sources, log)
     train_ex, train_stats = build_examples(
         sources, order, fn, seed=cfg.seed, tag="train", num_proc=cfg.preprocessing_num_workers
     )

@@ -477,7 +477,12 @@ def run_training(
         fn = PretrainExamples(tokenizer, layout.modalities, cfg.max_length, cfg.train_on_prompt)
         extra = {"train_on_prompt": cfg.train_on_prompt}
     with args.main_process_first(desc="building the training data", local=False):
-        data = prepare_data(cfg, tokenizer, fn, extra_key=extra, log=_log)
+        if cfg.streaming:
+            from anygpt.train.streaming import prepare_streaming
+
+            data = prepare_streaming(cfg, tokenizer, fn, log=_log)
+        else:
+            data = prepare_data(cfg, tokenizer, fn, extra_key=extra, log=_log)
     if data.validation is None and has_eval_guess:
         args = training_arguments(cfg, has_eval=False)
 
@@ -494,7 +499,8 @@ def run_training(
     if model.get_input_embeddings().weight.shape[0] < tokenizer.vocab_size:
         raise TrainError("the LLM has fewer embedding rows than its tokenizer has tokens")
     model.config.use_cache = False  # a cache would also disable the packed-sequence masks
-    for note in run_notes(cfg, model.config, len(data.train), args.world_size):
+    train_rows = 0 if cfg.streaming else len(data.train)  # a stream's length is not known
+    for note in run_notes(cfg, model.config, train_rows, args.world_size):
         _log(f"note: {note}")
 
     no_decay: tuple[str, ...] = ()
