@@ -334,6 +334,35 @@ def test_requests_arriving_together_share_a_batch(server):
     assert server.worker.peak_batch >= 2
 
 
+def test_media_of_requests_arriving_together_is_encoded_in_one_batch(server):
+    tok = server.engine.bundle.modality("speech", checked=True)
+    sizes, encode = [], tok.encode
+
+    def counting(media):
+        sizes.append(len(media))
+        return encode(media)
+
+    def ask(seconds):
+        part = {
+            "type": "input_audio",
+            "input_audio": {"data": b64(wav_bytes(seconds)), "format": "wav"},
+        }
+        return server.client.chat.completions.create(
+            model="anygpt", messages=user([part]), max_tokens=2
+        )
+
+    tok.encode = counting
+    try:
+        alone = ask(0.4).usage.prompt_tokens
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(ask, [0.4, 0.6, 0.8]))
+    finally:
+        del tok.encode
+    assert max(sizes) >= 2  # at least two requests' audio shared one encode call
+    assert together[0].usage.prompt_tokens == alone  # the same codes as when encoded alone
+    assert len({r.usage.prompt_tokens for r in together}) == 3
+
+
 def test_disconnect_cancels_and_frees_the_slot(debug_bundle):
     s = Server(debug_bundle, max_concurrency=1, max_tokens=4000)
     try:

@@ -260,7 +260,8 @@ class BatchingWorker:
             chats = [j for j in jobs if isinstance(j, ChatJob)]
             if base:
                 self._guard(base, self._run_base)
-            ready = [j for j in chats if self._prepare(j)]
+            encoded = self._encode_together(chats)
+            ready = [j for j in chats if self._prepare(j, encoded)]
             later = []
             for j in ready:
                 if self._can_schedule(j):
@@ -307,9 +308,40 @@ class BatchingWorker:
                 k += len(j.lines)
 
     # ------------------------------------------------------------------ chat
-    def _prepare(self, job: ChatJob) -> bool:
+    def _encode_together(self, jobs: list[ChatJob]) -> dict:
+        """Encode the media inputs of chat jobs that arrived together, one batch per modality.
+
+        Returns ``{(modality, path): segment text}``; a file that cannot be loaded or a batch that
+        fails is left out, so that request's own encoding reports its error as usual.
+        """
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for job in jobs:
+            for m in [*job.history, job.request]:
+                for modality, paths in (("image", m.images), ("speech", m.speech)):
+                    wanted[modality].extend(p for p in paths if p not in wanted[modality])
         eng = self.engine
-        session = ChatSession(eng)
+        out: dict = {}
+        for modality, paths in wanted.items():
+            if len(paths) < 2 or modality not in eng.bundle.modality_names:
+                continue
+            try:
+                tok = eng.bundle.modality(modality, checked=True)
+                loaded = {}
+                for p in paths:
+                    try:
+                        loaded[p] = tok.load(p)
+                    except REQUEST_ERRORS:
+                        continue
+                codes = tok.encode(list(loaded.values())).unbatch() if loaded else []
+                for p, c in zip(loaded, codes, strict=True):
+                    out[(modality, p)] = eng.layout.segment_text(modality, c)
+            except REQUEST_ERRORS:
+                continue
+        return out
+
+    def _prepare(self, job: ChatJob, encoded: dict | None = None) -> bool:
+        eng = self.engine
+        session = ChatSession(PreEncoded(eng, encoded) if encoded else eng)
         try:
             for m in job.history:
                 if m.role == "user":
@@ -539,6 +571,22 @@ class BatchingWorker:
             seed = None if job.seed is None else job.seed + 7 + windows[0].emit_from
             voice = job.request.voice_prompt or None
             job.emit("audio", choice, self.acoustic.submit(codes, windows, voice, seed))
+
+
+class PreEncoded:
+    """The engine, with media segments already encoded in a shared batch served from memory."""
+
+    def __init__(self, engine: Engine, segments: dict) -> None:
+        self._engine = engine
+        self._segments = segments
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def encode_media(self, modality: str, paths: list[str], **load_kw: Any) -> list[str]:
+        if not load_kw and all((modality, p) in self._segments for p in paths):
+            return [self._segments[(modality, p)] for p in paths]
+        return self._engine.encode_media(modality, paths, **load_kw)
 
 
 def outcome_transcript(outcome: Outcome) -> str:
