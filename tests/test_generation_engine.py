@@ -184,3 +184,22 @@ def test_repetition_guard_closes_a_looping_span(bundle, flat_llm, modality):
     end = guarded.index(lay.end_ids[modality])
     assert guarded[:end] == looping[:end]
     assert end == 6 * frame, "closed after six repeats of a one-frame loop, at a frame boundary"
+
+
+def test_engine_runs_span_configs_and_guard_reproducibly(debug_bundle):
+    from anygpt.runtime.engine import Engine
+    from anygpt.runtime.scheduler import span_configs
+
+    bundle = Bundle(debug_bundle, device="cpu")
+    configs = span_configs(bundle, chat=True)
+    assert configs["speech"] == bundle.decoding("speech", True)
+    assert set(configs) == {"text", *bundle.modality_names}
+    assert all(c.num_beams == 1 for c in configs.values())
+    texts = []
+    for _ in range(2):
+        engine = Engine(bundle, seed=3, max_new_tokens=16)
+        engine.generate_options = {"span_decoding": configs, "guard": RepetitionGuard()}
+        outcome = engine.run_base(["text|speech|hello", "speech|text|x"])[0]
+        assert outcome.ok, outcome.error
+        texts.append([m.data.numpy().tobytes() for m in outcome.media])
+    assert texts[0] == texts[1]

@@ -80,6 +80,10 @@ class Engine:
         # The LLM stage: ``None`` runs :func:`anygpt.generation.generate` on the bundle's LLM; a
         # server may set another backend (same call, see :meth:`generate_ids`).
         self.backend: Any = None
+        # Extra options of the built-in loop, e.g. per-span configs and a repetition guard:
+        # ``{"span_decoding": span_configs(bundle, chat=True), "guard": RepetitionGuard()}``
+        # (see :mod:`anygpt.runtime.scheduler`); off by default, keeping AnyGPT's decoding.
+        self.generate_options: dict[str, Any] = {}
         self._calls = 0
 
     # ------------------------------------------------------------------ helpers
@@ -144,7 +148,9 @@ class Engine:
         )
         if self.backend is not None:
             return self.backend.generate(prompts, cfg, **kwargs)
-        return generate(self.bundle.llm, self.layout, prompts, cfg, **kwargs)
+        return generate(
+            self.bundle.llm, self.layout, prompts, cfg, **kwargs, **self.generate_options
+        )
 
     def check_length(self, ids: list[int]) -> None:
         limit = self.bundle.config.max_context

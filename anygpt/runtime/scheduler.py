@@ -34,6 +34,12 @@ optional per-span configs (``span_decoding``: modality name -> config, ``"text"`
 stop ids and texts, the token limit, the seed (sampling noise depends only on it and the step, so a
 request samples the same tokens alone or in any batch), and an optional
 :class:`RepetitionGuard`.
+
+Per-span decoding and the repetition guard are off unless asked for (they change what AnyGPT's
+settings would produce).  For the command lines' engine::
+
+    engine.generate_options = {"span_decoding": span_configs(bundle, chat=True),
+                               "guard": RepetitionGuard(max_period=4, repeats=8)}
 """
 
 from __future__ import annotations
@@ -69,6 +75,17 @@ class RepetitionGuard:
     def __post_init__(self) -> None:
         if self.max_period < 1 or self.repeats < 2:
             raise ValueError("a repetition guard needs max_period >= 1 and repeats >= 2")
+
+
+def span_configs(bundle, chat: bool) -> dict[str, DecodingConfig]:
+    """Per-span decoding configs of a bundle: each modality's own config inside its spans and the
+    text config outside (``"text"``), as ``span_decoding`` for :meth:`Scheduler.submit` or
+    :func:`anygpt.generation.generate`.  Beam search does not mix with per-span sampling, so a
+    beam config (AnyGPT's chat text config: 5-beam sampling) becomes plain sampling here."""
+    configs = {"text": bundle.decoding(None, chat)}
+    for name in bundle.modality_names:
+        configs[name] = bundle.decoding(name, chat)
+    return {k: c.with_overrides(num_beams=1) for k, c in configs.items()}
 
 
 TokensCallback = Callable[["Request", list[int], bool], None]
