@@ -445,3 +445,20 @@ def test_vllm_backend_gives_the_transformers_greedy_outputs(debug_bundle):
     stops = [tok.eos_id, layout.eos_tag_id]
     reference = TransformersBackend(bundle).generate(prompts, cfg, stop_ids=stops)
     assert VLLMBackend(bundle).generate(prompts, cfg, stop_ids=stops) == reference
+
+
+def test_serve_command_fails_in_one_line_on_a_busy_port(debug_bundle):
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "anygpt", "serve", "--model", str(debug_bundle),
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 1
+    assert "cannot listen" in r.stderr and "Traceback" not in r.stderr

@@ -7,11 +7,21 @@ import sys
 from pathlib import Path
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, not '{text}'")
+    return port
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, speech, images)")
     p.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument(
@@ -68,6 +78,23 @@ def build(args: argparse.Namespace):
     ), model_id
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host '{host}': {exc}") from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -75,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: anygpt serve needs the serve extra: pip install -e .[serve]", file=sys.stderr)
         return 1
     try:
+        check_port(args.host, args.port)
         app, model_id = build(args)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
