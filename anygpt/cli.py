@@ -61,14 +61,7 @@ def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
         help=f"bundle folder, or an AnyGPT model folder (default: ${DEFAULT_MODEL_ENV}, "
         "else the shipped models/anygpt-nano)",
     )
-    g.add_argument(
-        "--speech-tokenizer-path", help="SpeechTokenizer weights (ckpt.dev); overrides the bundle"
-    )
-    g.add_argument(
-        "--speech-tokenizer-config", help="SpeechTokenizer config.json; overrides the bundle"
-    )
-    g.add_argument("--soundstorm-path", help="SoundStorm weights; overrides the bundle")
-    g.add_argument("--image-tokenizer-path", help="SEED seed_quantizer.pt; overrides the bundle")
+    add_file_flags(g)
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument(
         "--dtype",
@@ -171,13 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     r.add_argument("--seed", type=int, default=None)
-    for flag in (
-        "--speech-tokenizer-path",
-        "--speech-tokenizer-config",
-        "--soundstorm-path",
-        "--image-tokenizer-path",
-    ):
-        r.add_argument(flag, help=argparse.SUPPRESS)
+    add_file_flags(r, hidden=True)
 
     h = sub.add_parser(
         "convert-hubert",
@@ -216,18 +203,42 @@ def _load_bundle(args: argparse.Namespace):
 
     root = Path(args.model) if args.model else ensure_default_model()
     bundle = Bundle(root, device=args.device, dtype=args.dtype)
-    apply_file_overrides(
-        bundle,
-        {
-            "speech": {
-                None: args.speech_tokenizer_path,
-                "config": args.speech_tokenizer_config,
-                "soundstorm": args.soundstorm_path,
-            },
-            "image": {None: args.image_tokenizer_path},
-        },
-    )
+    apply_file_overrides(bundle, file_overrides(args))
     return bundle
+
+
+# Every modality file a bundle may name has a flag: (flag, modality, file key, what it is).
+# The key None stands for the family's main weights file.
+FILE_FLAGS = [
+    ("--speech-tokenizer-path", "speech", None, "SpeechTokenizer weights (ckpt.dev)"),
+    ("--speech-tokenizer-config", "speech", "config", "SpeechTokenizer config.json"),
+    ("--soundstorm-path", "speech", "soundstorm", "SoundStorm weights"),
+    ("--image-tokenizer-path", "image", None, "SEED seed_quantizer.pt"),
+    ("--eva-vit-path", "image", "vit", "EVA ViT-g weights (eva_vit_g.pth) for SEED"),
+    ("--unclip-path", "image", "unclip", "Stable Diffusion 2.1 unCLIP folder"),
+    ("--music-tokenizer-path", "music", None, "music tokenizer (EnCodec 32 kHz folder)"),
+    ("--audio-tokenizer-path", "audio", None, "audio tokenizer (EnCodec 24 kHz folder)"),
+]
+
+
+def add_file_flags(group, hidden: bool = False) -> None:
+    for flag, _, _, what in FILE_FLAGS:
+        group.add_argument(
+            flag, help=argparse.SUPPRESS if hidden else f"{what}; overrides the bundle"
+        )
+
+
+def file_overrides(args: argparse.Namespace) -> dict[str, dict[str | None, str | None]]:
+    out: dict[str, dict[str | None, str | None]] = {}
+    for flag, modality, key, _ in FILE_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value:
+            out.setdefault(modality, {})[key] = value
+    return out
+
+
+# files that sit beside a tokenizer's own weights: naming one keeps a ready-made model folder
+_COMPANION_FILES = ("unclip", "soundstorm", "soundstorm_config")
 
 
 def apply_file_overrides(bundle, overrides: dict[str, dict[str | None, str | None]]) -> None:
@@ -248,7 +259,7 @@ def apply_file_overrides(bundle, overrides: dict[str, dict[str | None, str | Non
                 continue
             key = key or family(entry.type).weights_file
             entry.files[key] = str(Path(value).resolve())
-            if key != "model":
+            if key != "model" and key not in _COMPANION_FILES:
                 entry.files.pop("model", None)
 
 

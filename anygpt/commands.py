@@ -19,6 +19,7 @@ MODULES = {
     "anygpt.world.build": "world",
     "anygpt.eval.nano": "eval",
     "anygpt.demo": "demo",
+    "anygpt.check": "check",
     "anygpt.serve.cli": "serve",
 }
 
