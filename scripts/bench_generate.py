@@ -21,6 +21,9 @@ Sections (all measured in this one process, the contenders interleaved round by 
   to a spoken question), the engine against transformers' ``generate`` as the LLM stage.
 * **compile** (``--compile``): the engine's batch-1 decode with ``torch.compile`` of the one-token
   step, after a warm-up.
+* **memory**: the LLM of a 7B-shaped bundle (LLaMA-7B with AnyGPT's extended vocabulary), computed
+  from its meta-device parameter sizes (nothing is allocated): bf16 and int8 weight-only weights,
+  and the KV cache per batch row at 4096 tokens.
 * **gpu**: with a CUDA device, a 7B-shaped LLaMA with random weights in bf16, batch-1 decode
   tokens/s against the memory-bandwidth bound (weight bytes / ``--bandwidth-gbs``) and against
   transformers' ``generate``; without one the section says it is skipped.
@@ -343,17 +346,11 @@ def compiled(bundle: Bundle, args) -> None:
         print(f"| {k} | {statistics.median(rates[k]):.0f} | {warm[k]:.1f} s |")
 
 
-@torch.inference_mode()
-def gpu(args) -> None:
-    if not torch.cuda.is_available():
-        print("\n### gpu: skipped (no CUDA device on this machine)")
-        return
-    from transformers import LlamaConfig, LlamaForCausalLM
+def seven_b_config(vocab_size: int):
+    from transformers import LlamaConfig
 
-    from anygpt.generation.model import CachedLM
-
-    cfg = LlamaConfig(
-        vocab_size=53_000,
+    return LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=4096,
         intermediate_size=11008,
         num_hidden_layers=32,
@@ -361,6 +358,49 @@ def gpu(args) -> None:
         num_key_value_heads=32,
         max_position_embeddings=4096,
     )
+
+
+def anygpt_vocab_size() -> int:
+    from anygpt.layout import ANYGPT_MODALITIES, extended_vocabulary
+
+    return 32_000 + len(extended_vocabulary(ANYGPT_MODALITIES))
+
+
+def memory() -> None:
+    from transformers import LlamaForCausalLM
+
+    cfg = seven_b_config(anygpt_vocab_size())
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    bf16 = 2 * total
+    int8 = (
+        linear
+        + 2 * (total - linear)
+        + 2 * sum(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Linear))
+    )  # int8 linear weights with one bf16 scale per output row; the rest stays bf16
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_row = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4096 * 2
+    print(
+        f"\n### memory: 7B-shaped LLM with AnyGPT's vocabulary ({cfg.vocab_size} tokens), "
+        "computed from meta-device sizes\n"
+    )
+    print(f"parameters: {total / 1e9:.2f} B")
+    print(f"weights bf16: {bf16 / 2**30:.1f} GiB; int8 weight-only: {int8 / 2**30:.1f} GiB")
+    print(f"KV cache (bf16) per batch row of 4096 tokens: {kv_row / 2**30:.1f} GiB")
+
+
+@torch.inference_mode()
+def gpu(args) -> None:
+    if not torch.cuda.is_available():
+        print("\n### gpu: skipped (no CUDA device on this machine)")
+        return
+    from transformers import LlamaForCausalLM
+
+    from anygpt.generation.model import CachedLM
+
+    cfg = seven_b_config(anygpt_vocab_size())
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -429,7 +469,7 @@ def main() -> None:
     ap.add_argument("--bandwidth-gbs", type=float, default=0.0, help="GPU bandwidth (0: measure)")
     ap.add_argument(
         "--only",
-        default="batch1,serving,chat,compile,gpu",
+        default="batch1,serving,chat,compile,memory,gpu",
         help="comma-separated sections to run",
     )
     args = ap.parse_args()
@@ -457,6 +497,8 @@ def main() -> None:
             chat_turns(bundle, args)
         if "compile" in sections and args.compile:
             compiled(bundle, args)
+        if "memory" in sections:
+            memory()
         if "gpu" in sections:
             gpu(args)
 
