@@ -174,7 +174,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    """A spoken-length wav, a picture, a voice prompt and an unreadable 'wav'."""
+    """A spoken-length wav and ogg, a picture, a voice prompt and an unreadable 'wav'."""
     from PIL import Image, ImageDraw
 
     d = tmp_path_factory.mktemp("page-files")
@@ -184,6 +184,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     picture = Image.new("RGB", (64, 64), (128, 128, 128))
     ImageDraw.Draw(picture).ellipse((12, 12, 52, 52), fill=(220, 30, 30))
     picture.save(d / "picture.png")
+    sf.write(
+        d / "spoken.ogg", 0.3 * np.sin(2 * np.pi * 330 * t), 16000, format="OGG", subtype="VORBIS"
+    )
     (d / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
     return {p.stem: p for p in d.iterdir()}
 
@@ -434,9 +437,12 @@ def test_refused_microphone_leaves_uploads_working_and_push_to_talk_records(page
     page.hold_mic(0.5)
     note = page.wait(lambda: page.find("#mic-note").text, 10, "the microphone note")
     assert "refused" in note and "attach an audio file" in note
-    page.attach(files["question"])
+    page.attach(files["spoken"])  # an ogg file: the browser decodes it and sends 16 kHz wav
     page.find("#send").click()
     assert "failed" not in page.wait_reply(1).get_attribute("class"), page.text()
+    uploaded = page.chat_requests()[0]["messages"][-1]["content"][0]["input_audio"]
+    assert uploaded["format"] == "wav"
+    assert _wav_seconds(uploaded["data"]) == pytest.approx(1.0, abs=0.03)  # codec edges
 
     page.set_microphone("granted")
     page.hold_mic(1.2)  # pointer held down on the button
