@@ -5,8 +5,9 @@
 * **load**: a fresh process imports anygpt and makes the bundle ready for a spoken turn (the LLM,
   the text tokenizer and the speech tokenizer loaded); measured in a child process, so nothing is
   cached in memory from an earlier round.
-* **spoken chat turn**: a spoken question in (a wav file), a spoken answer out: reading and encoding
-  the wav, generating the reply, decoding its speech tokens to a waveform.  The first turn of a
+* **spoken chat turn**: a picture and a spoken question about it in (the demo's inputs), a spoken
+  answer out: reading and encoding both, generating the reply, decoding its speech tokens to a
+  waveform.  The first turn of a
   process is reported apart (it pays for lazy initialisation); the figure is the median of the
   following rounds, each on a fresh chat session with its own seed.
 
@@ -39,17 +40,6 @@ print(json.dumps({{"load_s": time.perf_counter() - t0}}))
 """
 
 
-def question_wav(folder: Path) -> Path:
-    """A spoken question of the nano world (the bundle's demo input when it has one)."""
-    import soundfile as sf
-
-    from anygpt.world import speech
-
-    path = folder / "question.wav"
-    sf.write(path, speech.speak("what colour is the circle", speech.VOICES_TRAIN[0], 160), 16000)
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,9 +70,11 @@ def main() -> None:
     turns, tokens = [], []
     counter = {"steps": 0}
     engine.on_token = lambda ids: counter.__setitem__("steps", ids.shape[1])
+    from anygpt.demo import demo_inputs
+
     with tempfile.TemporaryDirectory() as tmp:
-        wav = question_wav(Path(tmp))
-        line = f"interleaved||speech|||{wav}"
+        inputs = demo_inputs(engine.bundle.root, Path(tmp))
+        line = f"interleaved||speech||{inputs['picture']}|{inputs['question']}"
         for _ in range(args.rounds + 1):
             t0 = time.perf_counter()
             outcome = engine.chat().turn(line)

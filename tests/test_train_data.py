@@ -151,7 +151,8 @@ def test_answer_only_loss(tok, modalities):
     t2x = DataSpec("x", name="gen", x2t_prob=0.0)
     ex = fn({"text": "hello world", "speech": SPEECH_SEG}, t2x, random.Random(0))
     seg_ids = tok.encode(SPEECH_SEG, add_bos=False)
-    assert ex.ids[ex.loss].tolist() == seg_ids + [eos_tag, tok.eos_id]
+    sep, *rest = ex.ids[ex.loss].tolist()  # the prompt ends at ":", the answer opens " <sosp>"
+    assert tok.decode([sep]).strip() == "" and rest == seg_ids + [eos_tag, tok.eos_id]
     full = PretrainExamples(tok, modalities, 4096)(
         {"text": "hi", "speech": SPEECH_SEG}, t2x, random.Random(0)
     )
@@ -205,6 +206,30 @@ def test_mmgpt_mask_token_by_token(tok):
     ex = SFTExamples(tok, t, 4096).encode(TURNS)
     assert ex.ids.tolist() == ids
     assert ex.loss.tolist() == loss
+
+
+def test_the_separator_before_a_reply_opening_with_a_tag_is_trained(tok):
+    """Generation prompts end at ``[MMGPT]:``; a reply that opens with a tag starts with a lone
+    separator token, which the model must learn to write (else it never starts such a reply)."""
+    turns = [("user", "hi"), ("assistant", "<-Res-> fine")]
+    ex = SFTExamples(tok, MMGPT_TEMPLATE, 4096).encode(turns)
+    ids = ex.ids.tolist()
+    res = ids.index(tok.token_to_id("<-Res->"))
+    assert tok.decode([ids[res - 1]]).strip() == "" and ids[res - 2] == tok.sp.encode(":")[-1]
+    assert ex.loss[res - 1] and ex.loss[res] and not ex.loss[res - 2]
+    # a plain reply: the space lives in the first word's token, ':' stays untrained
+    plain = SFTExamples(tok, MMGPT_TEMPLATE, 4096).encode([("user", "hi"), ("assistant", "fine")])
+    ids = plain.ids.tolist()
+    colon = ids.index(tok.sp.encode(":")[-1], ids.index(tok.token_to_id("[MMGPT]")))
+    assert not plain.loss[: colon + 1].any() and plain.loss[colon + 1]
+    # a lone space before a tag that does not open a loss span carries none
+    text = "[Human]: hi <eoh> x"
+    ids2, loss2 = encode_with_loss(tok, text, [(len(text) - 1, len(text))], add_eos=False)
+    eoh = ids2.tolist().index(tok.token_to_id("<eoh>"))
+    assert (
+        tok.decode([int(ids2[eoh - 1])]).strip() == "" or tok.decode([int(ids2[eoh - 1])]) == "hi"
+    )
+    assert not loss2[: eoh + 1].any() and loss2[-1]
 
 
 def test_anygpt_template_mask_with_plain_text_tags(tok):

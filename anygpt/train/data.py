@@ -40,7 +40,7 @@ import numpy as np
 from anygpt.train.config import DataSpec, TrainConfig, TrainError
 from anygpt.train.packing import labels_for, pack
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: lone separators before a reply that opens with a tag carry loss
 
 
 class SkipExample(Exception):

@@ -8,8 +8,11 @@ byte range, and a token is trained when its range overlaps a loss span.
 Why ranges and not lengths: a role tag is followed by ``": "`` and the message in one SentencePiece
 piece (``[MMGPT]`` is an added token, ``": hello"`` is text), so the first message token may also
 hold the separator space (``"▁hello"``).  Such a token is trained (it contains message characters);
-``"▁:"`` and a lone ``"▁"`` before a tag are not.  Byte-fallback tokens that carry no text of their
-own (the leading bytes of one character) belong to the character that follows them.
+``"▁:"`` is not.  A lone whitespace token that ends where a span begins (``"▁"`` between
+``"[MMGPT]:"`` and a message that opens with a tag such as ``<-Ins->`` or ``<soim>``) is trained
+too: the prompt at generation time ends before it, so the model must learn to write it, or it never
+starts such a reply.  Byte-fallback tokens that carry no text of their own (the leading bytes of
+one character) belong to the character that follows them.
 """
 
 from __future__ import annotations
@@ -49,8 +52,13 @@ def encode_with_loss(
     offsets = _byte_offsets(text)
     byte_spans = [(offsets[a], offsets[b]) for a, b in spans if b > a]
 
+    starts = {a for a, _ in byte_spans}
+    raw = text.encode("utf-8")
+
     def in_span(begin: int, end: int) -> bool:
         if end > begin:
+            if end in starts and not raw[begin:end].strip():
+                return True  # the separator a reply opening with a tag needs
             return any(begin < b and end > a for a, b in byte_spans)
         return any(a <= begin < b for a, b in byte_spans)
 
