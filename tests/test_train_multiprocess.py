@@ -2,8 +2,9 @@
 
 Each check compares a 2-process run (1 row per process and step) with a 1-process run of the
 same global batch (2 rows per step): the losses of every step agree within 1e-5 and the final
-weights within 1e-5 (float32 sums in another order; LoRA dropout off, its draws differ), a 2-process checkpoint resumes in one
-process, and row freezing and LoRA work under DDP.  Tiny model: 2 layers, hidden 32.
+weights within 1e-5 (float32 sums in another order; LoRA dropout is off, its draws differ).
+A 2-process checkpoint resumes in one process; row freezing, LoRA and streamed training rows
+work under DDP.  Tiny model: 2 layers, hidden 32.
 """
 
 from __future__ import annotations
@@ -197,13 +198,19 @@ def test_sft_with_lora_in_two_processes_matches_one(bundle, conversations, tmp_p
     assert_same_weights(final, ref.final)
 
 
-def test_row_freezing_in_two_processes(bundle, pairs, tmp_path):
+def test_row_freezing_on_streamed_rows_in_two_processes(bundle, pairs, tmp_path):
     from anygpt.text_tokenizer import TextTokenizer
 
     base = dict(
-        SETTINGS, model=str(bundle), block_size=128, pack=False, learning_rate=1e-2,
-        weight_decay=0.1, freeze="new_embeddings",
-    )  # fmt: skip
+        SETTINGS,
+        model=str(bundle),
+        block_size=128,
+        pack=False,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        freeze="new_embeddings",
+        streaming=True,
+    )  # fmt: skip  (streamed rows: each process reads the stream and keeps its share)
     state = launch_two("pretrain", tmp_path / "ddp", {**base, "data": str(pairs)})
     ref = one_process(
         PretrainConfig,

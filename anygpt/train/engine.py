@@ -204,6 +204,9 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         ddp_timeout=cfg.ddp_timeout,
         # without it, processes launched on a machine without a GPU each train alone
         use_cpu=not cuda and launched_processes() > 1,
+        # a stream's batches differ in length: each process reads the stream and keeps its
+        # share of every global batch, instead of process 0 sending them out
+        accelerator_config={"dispatch_batches": False} if cfg.streaming else None,
         dataloader_num_workers=cfg.dataloader_num_workers,
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,  # the collator needs seq_lens
