@@ -2,8 +2,8 @@
 
 The processors follow transformers' definitions and order (repetition penalty, the span constraint,
 then temperature, top-k, top-p), so greedy decoding matches ``generate`` token for token.  Sampling
-draws from the same distribution with per-row counter-based noise: a row's random numbers depend
-only on its seed and its step, never on which other rows share the batch, so seeded sampling is
+draws from the same distribution with a per-row counter-based random number: it depends only on
+the row's seed and its step, never on which other rows share the batch, so seeded sampling is
 reproducible and a request samples the same tokens alone or in any batch.
 """
 
@@ -30,12 +30,10 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Uniform numbers in (0, 1) ``[S, V]`` from each row's seed ``[S]`` and step ``[S]``."""
-    ids = torch.arange(vocab_size, device=seeds.device, dtype=torch.long)
-    row = _mix32((seeds & _MASK32) ^ _mix32((steps & _MASK32) ^ (seeds >> 32)))
-    bits = _mix32(row.unsqueeze(1) ^ ids.unsqueeze(0)) ^ _mix32(ids * 2 + 1).unsqueeze(0)
-    bits = _mix32(bits)
+def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One uniform number in (0, 1) per row ``[S]`` from its seed ``[S]`` and step ``[S]``."""
+    bits = _mix32((seeds & _MASK32) ^ _mix32((steps & _MASK32) ^ _mix32(seeds >> 32)))
+    bits = _mix32(bits ^ 0x9E3779B9)
     return ((bits >> 8).float() + 0.5) / float(1 << 24)
 
 
@@ -82,15 +80,17 @@ def sample(
     """The next id per row ``[S]`` from processed logits ``[S, V]``.
 
     Rows with ``greedy [S]`` take the argmax (``None``: no row does); the others sample at ``temperature [S]`` after the
-    optional top-k (``top_k [S]``, 0 = off) and top-p (``top_p [S]``) filters, with the
-    exponential-race form of sampling (``argmax(p / E)``, ``E ~ Exp(1)`` from the counter noise).
+    optional top-k (``top_k [S]``, 0 = off) and top-p (``top_p [S]``) filters, by inverting the
+    cumulative distribution at one counter-based uniform number per row (ids of probability 0 are
+    never drawn).
     """
     scaled = logits / temperature.unsqueeze(1)
     if top_k is not None:
         scaled = top_k_filter(scaled, top_k, largest_k)
     if top_p is not None:
         scaled = top_p_filter(scaled, top_p)
-    probs = scaled.softmax(dim=-1)
-    race = -uniform_noise(seeds, steps, logits.shape[-1]).log()
-    drawn = (probs / race).argmax(dim=-1)
+    cumulative = scaled.softmax(dim=-1).cumsum(dim=-1)
+    target = uniform_noise(seeds, steps) * cumulative[:, -1]
+    drawn = torch.searchsorted(cumulative, target.unsqueeze(1), right=True).squeeze(1)
+    drawn = drawn.clamp(max=logits.shape[-1] - 1)
     return drawn if greedy is None else torch.where(greedy, logits.argmax(dim=-1), drawn)
