@@ -24,6 +24,10 @@ API (for the command lines, :func:`anygpt.generation.generate` and servers)::
     request.tokens, request.finish_reason  # "stop", "stop_text", "length", "cancelled"
     request.wait(timeout)                # blocks until finished (for other threads)
 
+The KV cache is allocated at construction: ``2 * layers * max_batch * kv_heads * max_length *
+head_dim`` values of the model's dtype (a 7B LLaMA in bf16: 0.5 MiB per token and row, 2 GiB per
+row of 4096 tokens), so a server sizes ``max_batch`` and ``max_length`` to its memory.
+
 ``submit`` and ``cancel`` are thread-safe; ``step`` must be called from one thread at a time.
 A request's new ids never include the stop id that ended it; a plain-text stop (``stop_texts``) stays
 in them (callers cut it from the text).  Finished rows free their slot at once, so a waiting request
