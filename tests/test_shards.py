@@ -78,6 +78,18 @@ def test_online_packing_gives_the_blocks_of_whole_list_packing():
             assert blocks == pack(lengths, 100, strategy, window), (trial, strategy, window)
 
 
+def test_shard_plan_defaults_to_the_launchers_rank(monkeypatch):
+    from anygpt.train.config import TrainError
+    from anygpt.train.shards import ShardPlan
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert ShardPlan.resolve(None, None, 10) == ShardPlan(4, 3, 10)
+    assert ShardPlan.resolve(2, 1, 10) == ShardPlan(2, 1, 10)  # explicit values win
+    with pytest.raises(TrainError, match="shard-index"):
+        ShardPlan.resolve(2, 2, 10)
+
+
 def test_shards_cover_every_row_once_and_datasets_loads_them(manifest, bundle, tmp_path):
     import datasets
 

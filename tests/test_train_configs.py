@@ -55,6 +55,7 @@ def test_every_file_is_covered():
             "accelerate_deepspeed_zero2.yaml",
             "accelerate_deepspeed_zero3.yaml",
             "accelerate_fsdp.yaml",
+            "accelerate_multinode_zero3.yaml",
             "accelerate_single_gpu.yaml",
             "ds_zero2.json",
             "ds_zero3.json",

@@ -73,6 +73,16 @@ class ShardPlan:
         return cls(num_shards, shard_index, rows_per_part)
 
 
+def shard_device(device: str) -> str:
+    """``auto`` under a launcher: this process's own GPU (``LOCAL_RANK``), not everyone's first."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if device == "auto" and local is not None and torch.cuda.is_available():
+        return f"cuda:{int(local) % torch.cuda.device_count()}"
+    return device
+
+
 def part_name(shard: int, part: int) -> str:
     return f"part-{shard:05d}-{part:05d}.parquet"
 
@@ -114,7 +124,7 @@ def tokenize_to_shards(cfg: TokenizeConfig, plan: ShardPlan) -> TokenizeSummary:
     progress = state_dir / f"progress-{s:05d}.json"
 
     manifest = Manifest(cfg.manifest, cfg.split)
-    bundle = Bundle(cfg.model, device=cfg.device)
+    bundle = Bundle(cfg.model, device=shard_device(cfg.device))
     modality = cfg.modality
     if modality is None:
         found = [c for c in manifest.columns if c in bundle.config.modalities]
