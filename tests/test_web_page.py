@@ -337,18 +337,21 @@ def test_typed_message_gets_a_streamed_text_reply(page):
     answer = reply.find_element("css selector", ".text").text.strip()
     assert answer
     status = page.js("return document.getElementById('status').textContent")
-    assert status.startswith("AnyGPT replied: ") and answer.split()[0] in status  # read out
+    assert status.startswith("AnyGPT replied: ") and len(status) > len("AnyGPT replied: ")
     (body,) = page.chat_requests()
     assert body["stream"] is True and body["modalities"] == ["text"]
     assert body["max_tokens"] == MAX_TOKENS
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "hello there"}]}
     ]
-    # the page reaches the server only through the API (and its own static files)
-    paths = page.js(
-        "return performance.getEntriesByType('resource').map(e => new URL(e.name).pathname)"
+    # the page reaches only its own server, only through the API (and its own static files)
+    fetched = page.js(
+        "return performance.getEntriesByType('resource').map(e => new URL(e.name))"
+        ".filter(u => u.protocol !== 'data:' && u.protocol !== 'blob:')"
+        ".map(u => [u.origin, u.pathname])"
     )
-    assert all(p.startswith("/v1/") or p in ("/app.js", "/style.css") for p in paths), paths
+    assert fetched and all(origin == page.server.url for origin, _ in fetched), fetched
+    assert all(p.startswith("/v1/") or p in ("/app.js", "/style.css") for _, p in fetched), fetched
     assert (
         page.js("return document.querySelectorAll('script[src^=http], link[href^=http]').length")
         == 0
@@ -445,15 +448,16 @@ def test_refused_microphone_leaves_uploads_working_and_push_to_talk_records(page
     assert _wav_seconds(uploaded["data"]) == pytest.approx(1.0, abs=0.03)  # codec edges
 
     page.set_microphone("granted")
-    page.hold_mic(1.2)  # pointer held down on the button
+    page.hold_mic(1.5)  # pointer held down on the button
     page.wait_reply(2)
-    page.hold_mic(1.0, keyboard=True)  # Space held on the focused button
+    page.hold_mic(1.5, keyboard=True)  # Space held on the focused button
     page.wait_reply(3)
     page.shot("push-to-talk")
     users = page.all(".turn.user")
     assert [u.text.split("\n")[-1] for u in users[1:]] == ["recording 1.wav", "recording 2.wav"]
     held = [_media_seconds(page, u.find_element("css selector", "audio")) for u in users[1:]]
-    assert 0.5 < held[0] < 2.0 and 0.4 < held[1] < 2.0, held
+    # about as long as held, less the time the microphone takes to open on a busy machine
+    assert all(0.5 < h < 2.5 for h in held), held
     recorded = page.chat_requests()[1]["messages"][-1]["content"][0]["input_audio"]["data"]
     wave, rate = sf.read(io.BytesIO(base64.b64decode(recorded)))
     assert rate == 16000 and np.abs(wave).max() > 0.01  # the synthetic microphone's beeps

@@ -655,7 +655,11 @@
   const recorder = { active: false, starting: false, stream: null, nodes: null, chunks: [], rate: 0, began: 0, ticker: null };
 
   async function startRecording() {
-    if (recorder.active || recorder.starting || state.busy) return;
+    if (recorder.active || recorder.starting) return;
+    if (state.busy) {
+      ui.micNote.textContent = "Wait for the reply (or stop it) before you speak again.";
+      return;
+    }
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       micUnavailable("this page has no microphone access here (browsers allow it on https or localhost)");
       return;
@@ -1029,6 +1033,7 @@
   });
   ui.mic.addEventListener("blur", () => stopRecording());
   ui.mic.addEventListener("click", (event) => event.preventDefault());
+  ui.mic.addEventListener("contextmenu", (event) => event.preventDefault()); // a long touch
 
   // dropping files anywhere on the page attaches them
   let dragDepth = 0;
