@@ -160,3 +160,14 @@ def test_a_full_cache_ends_the_request_by_length(bundle, prompts):
     request = scheduler.submit(prompts[0], GREEDY, stop_ids=[], max_new_tokens=50)
     scheduler.run_until_idle()
     assert request.finish_reason == "length" and len(request.tokens) == 3
+
+
+def test_min_new_tokens_holds_back_stop_ids_when_applied(bundle, prompts):
+    first = _alone(bundle, prompts[0], GREEDY)[0]
+    scheduler = Scheduler(bundle.llm, bundle.layout, max_batch=2, max_length=128)
+    held = GREEDY.with_overrides(min_new_tokens=5, apply_min_new_tokens=True)
+    early = scheduler.submit(prompts[0], GREEDY, stop_ids=[first])
+    late = scheduler.submit(prompts[0], held, stop_ids=[first])
+    scheduler.run_until_idle()
+    assert early.tokens == [] and early.finish_reason == "stop"
+    assert len(late.tokens) >= 5 and first not in late.tokens[:5]
