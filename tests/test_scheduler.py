@@ -123,7 +123,7 @@ def test_cancellation_frees_the_row_and_spares_the_others(bundle, prompts):
 
 
 def test_requests_submitted_from_another_thread_join_the_batch(bundle, prompts):
-    scheduler = Scheduler(bundle.llm, bundle.layout, max_batch=4, max_length=128)
+    scheduler = Scheduler.for_bundle(bundle, max_batch=4)
     first = scheduler.submit(prompts[0], GREEDY, stop_ids=[2])
     late = []
     thread = threading.Thread(

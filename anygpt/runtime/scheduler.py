@@ -10,6 +10,7 @@ every running request (one forward over the batch), then admits waiting requests
 API (for the command lines, :func:`anygpt.generation.generate` and servers)::
 
     scheduler = Scheduler(bundle.llm, bundle.layout, max_batch=16, max_length=2048)
+    # or Scheduler.for_bundle(bundle, max_batch=16): rows of the bundle's context length
     request = scheduler.submit(
         prompt_ids,                      # list of ids, BOS included
         decoding,                        # DecodingConfig (num_beams must be 1)
@@ -213,6 +214,17 @@ class Scheduler:
         self._lock = threading.Lock()
         self._next_id = 0
         self._flags: dict = {}
+
+    @classmethod
+    def for_bundle(cls, bundle, *, max_batch: int = 16, **kw) -> Scheduler:
+        """A scheduler over a bundle's LLM whose rows hold the bundle's context length."""
+        return cls(
+            bundle.llm,
+            bundle.layout,
+            max_batch=max_batch,
+            max_length=bundle.config.max_context,
+            **kw,
+        )
 
     # ------------------------------------------------------------------ public API
     def submit(
