@@ -110,7 +110,7 @@ def probe_audio(path: str | Path) -> float:
     try:
         info = sf.info(str(path))
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types
-        raise AudioError(f"{path} is not a readable audio file: {_short(exc)}") from exc
+        raise AudioError(f"cannot read audio file {path}: {_short(exc)}") from exc
     if info.samplerate <= 0 or info.frames <= 0:
         raise AudioError(f"audio file {path} is empty")
     return info.frames / info.samplerate

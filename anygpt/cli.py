@@ -36,6 +36,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text[:40]}'") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text[:40]}")
+    return value
+
+
 def seed_value(text: str) -> int:
     """argparse type: a seed, a whole number from 0 to 2**62."""
     try:
@@ -87,6 +98,13 @@ def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
         type=positive_int,
         default=None,
         help="override the decoding config's limit",
+    )
+    r.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        default=None,
+        help="use only the first seconds of each audio input (inputs longer than the model's "
+        "context takes are refused, naming the limit)",
     )
     r.add_argument(
         "--json",
@@ -422,6 +440,7 @@ def cmd_base(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         instruction=args.instruction,
     )
+    engine.max_input_seconds = args.max_seconds
     lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])
     if not lines:
 
@@ -450,6 +469,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     sink = FileSink(prepare_output_dir(args.output_dir))
     bundle = _load_bundle(args)
     engine = Engine(bundle, seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens)
+    engine.max_input_seconds = args.max_seconds
     session = ChatSession(engine, voice=args.voice)
 
     def handle(lines: list[str]) -> list[Outcome]:

@@ -325,3 +325,50 @@ def test_json_output_is_one_object_per_request(debug_bundle, tmp_path, capsys):
 def test_notes_go_to_stderr(debug_bundle, tmp_path, capsys):
     rc, out, err = run(base(debug_bundle, tmp_path, "text|image|x"), capsys)
     assert rc == 0 and "note: " in err and "note: " not in out  # 3 codes padded to 32
+
+
+# ---------------------------------------------------------------------- item 6
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("long")
+    rate = 8000
+    t = np.arange(rate * 20) / rate
+    sf.write(d / "twenty.wav", 0.3 * np.sin(2 * np.pi * 300 * t), rate)  # 20 s
+    sf.write(d / "hundred.wav", np.zeros(rate * 100, dtype=np.int16), rate, subtype="PCM_16")
+    return d
+
+
+def test_audio_longer_than_the_context_takes_is_refused_naming_the_limit(
+    debug_bundle, long_clips, tmp_path, capsys
+):
+    # general audio: 75 frames/s x 4 codebooks = 300 tokens/s; 4096 tokens hold about 13 s
+    prompt = f"audio|text|{long_clips / 'twenty.wav'}"
+    rc, _, err = run(base(debug_bundle, tmp_path, prompt), capsys)
+    assert rc == 1 and len(errors(err)) == 1
+    assert "300 per second" in err and "at most 13.2 s" in err and "--max-seconds 13.2" in err
+    rc, out, err = run(base(debug_bundle, tmp_path, prompt, extra=["--max-seconds", "10"]), capsys)
+    assert rc == 0 and "results: " in out
+
+
+def test_long_speech_is_refused_from_its_header_before_decoding(
+    debug_bundle, long_clips, tmp_path, capsys, monkeypatch
+):
+    import soundfile
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the file was decoded before its length was checked")
+
+    monkeypatch.setattr(soundfile, "read", no_decoding)
+    rc, _, err = run(
+        base(debug_bundle, tmp_path, f"speech|text|{long_clips / 'hundred.wav'}"), capsys
+    )
+    assert rc == 1 and "100.0 s of speech" in err and "--max-seconds" in err
+
+
+def test_chat_input_longer_than_the_context_is_refused(debug_bundle, long_clips, tmp_path, capsys):
+    argv = ["chat", "--model", debug_bundle, "--output-dir", tmp_path, "--max-new-tokens", "3",
+            f"interleaved|what is said|||{'|'}{long_clips / 'hundred.wav'}"]  # fmt: skip
+    rc, _, err = run(argv, capsys)
+    assert rc == 1 and "at most" in err
+    rc, out, _ = run([*argv[:-1], "--max-seconds", "5", argv[-1]], capsys)
+    assert rc == 0 and "results: " in out

@@ -22,6 +22,7 @@ from anygpt.config import DecodingConfig
 from anygpt.generation import generate
 from anygpt.modalities.base import Codes, ModalityError
 from anygpt.prompts import X2T, base_t2x_prompt, base_x2t_prompt, choose_instruction
+from anygpt.runtime.limits import check_input_length, crop_options
 from anygpt.runtime.media import Media
 from anygpt.runtime.requests import REQUEST_ERRORS, BaseRequest, RequestError, parse_base_line
 
@@ -84,6 +85,8 @@ class Engine:
         # ``{"span_decoding": span_configs(bundle, chat=True), "guard": RepetitionGuard()}``
         # (see :mod:`anygpt.runtime.scheduler`); off by default, keeping AnyGPT's decoding.
         self.generate_options: dict[str, Any] = {}
+        # read only the first seconds of audio inputs (None: the tokenizer's own window)
+        self.max_input_seconds: float | None = None
         self._calls = 0
 
     # ------------------------------------------------------------------ helpers
@@ -160,6 +163,10 @@ class Engine:
     def encode_media(self, modality: str, paths: list[str], **load_kw: Any) -> list[str]:
         """Load and encode media files (one batch), returning their segment strings."""
         tok = self.bundle.modality(modality, checked=True)
+        load_kw = {**crop_options(tok, self.max_input_seconds), **load_kw}
+        crop = load_kw.get("max_seconds", load_kw.get("window_s"))
+        for p in paths:  # from the headers, before anything is decoded
+            check_input_length(self.bundle, modality, p, crop)
         media = [tok.load(p, **load_kw) for p in paths]
         codes = tok.encode(media)
         return [self.layout.segment_text(modality, c) for c in codes.unbatch()]
@@ -248,7 +255,9 @@ class Engine:
             loaded: dict[int, Any] = {}
             for i in idx:  # load one by one so one bad file fails only its own request
                 try:
-                    loaded[i] = tok.load(requests[i].content)
+                    path, crop = requests[i].content, self.max_input_seconds
+                    check_input_length(self.bundle, modality, path, crop)  # header only
+                    loaded[i] = tok.load(path, **crop_options(tok, crop))
                 except REQUEST_ERRORS as exc:
                     outcomes[i].error = str(exc)
             if not loaded:
