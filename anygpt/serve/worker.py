@@ -111,13 +111,30 @@ class AcousticStage:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.jobs: queue.Queue = queue.Queue()
+        self._first_pending = 0
+        self._first_done = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="anygpt-acoustic", daemon=True)
         self.thread.start()
 
     def submit(self, codes: torch.Tensor, windows: list, voice: str | None, seed: int | None):
         fut: Future = Future()
+        if windows[0].emit_from == 0:
+            with self._first_done:
+                self._first_pending += 1
+            fut.add_done_callback(self._first_decoded)
         self.jobs.put((codes, windows, voice, seed, fut))
         return fut
+
+    def _first_decoded(self, _fut: Future) -> None:
+        with self._first_done:
+            self._first_pending -= 1
+            self._first_done.notify_all()
+
+    def wait_for_first_chunks(self, timeout: float) -> None:
+        """Block while some reply's first audio chunk is waiting to be decoded (at most
+        ``timeout`` seconds): the LLM thread pauses so that first audio is not starved of CPU."""
+        with self._first_done:
+            self._first_done.wait_for(lambda: self._first_pending == 0, timeout)
 
     def close(self) -> None:
         self.jobs.put(None)
@@ -186,6 +203,7 @@ class BatchingWorker:
         max_batch: int = 16,
         stream_options: dict | None = None,
         continuous: bool = True,
+        first_audio_priority: bool = True,
     ) -> None:
         self.engine = engine
         self.window_s = window_s
@@ -193,6 +211,8 @@ class BatchingWorker:
         self.stream_options = stream_options or {}
         self.jobs: queue.Queue = queue.Queue()
         self.acoustic = AcousticStage(engine)
+        # the LLM waits for pending first audio chunks before its next step (see the README)
+        self.first_audio_priority = first_audio_priority
         self.batches = 0  # generation calls of the batch path
         self.peak_batch = 0  # most sequences decoded together so far
         self.cancelled = 0  # scheduler requests stopped because their client left
@@ -474,6 +494,8 @@ class BatchingWorker:
         return on_tokens
 
     def _step_safely(self) -> None:
+        if self.first_audio_priority:
+            self.acoustic.wait_for_first_chunks(timeout=1.0)
         try:
             self._step()
         except Exception as exc:  # noqa: BLE001 - a failed step ends its requests, not the server
