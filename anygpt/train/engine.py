@@ -425,6 +425,13 @@ def run_notes(cfg: TrainConfig, model_config: Any, train_rows: int, processes: i
                 f"{cfg.max_steps} steps of {per_step} rows over {train_rows} training rows are "
                 f"{epochs:.0f} epochs: the model will memorise them (more data, or fewer steps)"
             )
+    if (cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")) and (
+        not torch.cuda.is_available()
+    ):
+        notes.append(
+            "FSDP needs GPUs: on a CPU accelerate trains every process with the whole model "
+            "(DDP), so nothing is sharded"
+        )
     if cfg.gradient_checkpointing and not torch.cuda.is_available():
         notes.append(
             "gradient checkpointing recomputes activations (about 30% slower); a small model on "
