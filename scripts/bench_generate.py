@@ -292,12 +292,20 @@ def chat_turns(bundle: Bundle, args) -> None:
         "speech reply to a spoken question": f"interleaved||speech|||{demo / 'question.wav'}",
     }
     backends = {"transformers generate": hf_generate, "engine": generate}
-    times = {(line, b): [] for line in lines for b in backends}
+    turns = {(line, b): [] for line in lines for b in backends}
+    stage = {(line, b): [] for line in lines for b in backends}  # (LLM seconds, new tokens)
     engine = Engine(bundle, seed=1)
     for rnd in range(args.rounds + 1):
         for label, line in lines.items():
             for name, fn in backends.items():
-                engine_module.generate = fn
+                calls = []
+
+                def measured(*a, fn=fn, calls=calls, **kw):
+                    seconds, new = timed(lambda: fn(*a, **kw))
+                    calls.append((seconds, sum(len(r) for r in new)))
+                    return new
+
+                engine_module.generate = measured
                 try:
                     engine.seed = 100 + rnd
                     seconds, outcome = timed(lambda line=line: engine.chat().turn(line))
@@ -306,14 +314,27 @@ def chat_turns(bundle: Bundle, args) -> None:
                 if outcome.error:
                     sys.exit(f"error: the chat turn failed: {outcome.error}")
                 if rnd:  # the first round pays for lazy initialisation
-                    times[(label, name)].append(seconds)
-    print(f"\n### chat turn (whole turn, median of {args.rounds} rounds)\n")
-    print("| turn | transformers generate | engine | speed-up |")
-    print("|---|---|---|---|")
+                    turns[(label, name)].append(seconds)
+                    stage[(label, name)] += calls
+    print(f"\n### chat turn (median of {args.rounds} rounds; sampled replies differ in length)\n")
+    print("| turn | LLM | whole turn | LLM stage | new tokens | LLM ms per token |")
+    print("|---|---|---|---|---|---|")
+    per_token = {}
     for label in lines:
-        a = statistics.median(times[(label, "transformers generate")])
-        b = statistics.median(times[(label, "engine")])
-        print(f"| {label} | {1000 * a:.0f} ms | {1000 * b:.0f} ms | {a / b:.2f} |")
+        for name in backends:
+            calls = stage[(label, name)]
+            tokens = sum(n for _, n in calls) / len(calls)
+            llm = statistics.median(s for s, _ in calls)
+            per_token[(label, name)] = sum(s for s, _ in calls) / max(1, sum(n for _, n in calls))
+            print(
+                f"| {label} | {name} | {1000 * statistics.median(turns[(label, name)]):.0f} ms "
+                f"| {1000 * llm:.0f} ms | {tokens:.0f} | {1000 * per_token[(label, name)]:.2f} |"
+            )
+    for label in lines:
+        a = statistics.median(turns[(label, "transformers generate")])
+        b = statistics.median(turns[(label, "engine")])
+        ratio = per_token[(label, "transformers generate")] / per_token[(label, "engine")]
+        print(f"{label}: whole turn {a / b:.2f}x, LLM stage per token {ratio:.2f}x")
 
 
 def compiled(bundle: Bundle, args) -> None:
