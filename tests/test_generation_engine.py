@@ -206,3 +206,10 @@ def test_engine_runs_span_configs_and_guard_reproducibly(debug_bundle):
         assert outcome.ok, outcome.error
         texts.append([m.data.numpy().tobytes() for m in outcome.media])
     assert texts[0] == texts[1]
+
+
+def test_beam_search_still_goes_through_transformers(bundle):
+    prompts = _mixed_prompts(bundle)[:2]
+    beams = DecodingConfig(do_sample=False, num_beams=2, max_new_tokens=6)
+    ours = generate(bundle.llm, bundle.layout, prompts, beams, stop_ids=[2])
+    assert ours == hf_generate(bundle.llm, bundle.layout, prompts, beams, stop_ids=[2])
