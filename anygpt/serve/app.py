@@ -41,6 +41,7 @@ from anygpt.serve.protocol import (
 from anygpt.serve.worker import BaseJob, Cancelled, ChatJob, outcome_transcript
 
 STATIC_DIR = Path(__file__).parent / "static"
+KEEP_ALIVE_S = 10.0  # longest silence on a stream (e.g. while a picture is drawn)
 REPLY_MODALITIES = {"text": "", "audio": "speech", "image": "image", "music": "music"}
 
 
@@ -197,14 +198,12 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         worker.submit(job)
         return await next_event(job, request)
 
-    async def next_event(job, request: Request | None):
-        """The job's next event; ``request`` given: cancel the job when its client goes away.
+    async def next_event(job, request: Request):
+        """The job's next event; the job is cancelled when its client goes away.
 
-        Streams pass none: the streaming response itself cancels the stream on a disconnect
+        Not for streams: a streaming response itself cancels the stream on a disconnect
         (polling ``is_disconnected`` there would compete for the same ASGI messages).
         """
-        if request is None:
-            return await job.events.get()
         getter = asyncio.ensure_future(job.events.get())
         while True:
             done, _ = await asyncio.wait({getter}, timeout=0.25)
@@ -415,7 +414,11 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             for c in range(job.n):
                 yield chunk(c, {"role": "assistant", "content": ""})
             while True:
-                event = await next_event(job, None)
+                try:
+                    event = await asyncio.wait_for(job.events.get(), KEEP_ALIVE_S)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see life
+                    continue
                 kind = event[0]
                 if kind == "text":
                     yield chunk(event[1], {"content": event[2]})
