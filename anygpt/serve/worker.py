@@ -20,6 +20,7 @@ the next step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -35,6 +36,8 @@ from anygpt.runtime.chat import ChatSession, PreparedTurn, display_text
 from anygpt.runtime.engine import Engine, Outcome
 from anygpt.runtime.requests import REQUEST_ERRORS, ChatRequest
 from anygpt.serve.streaming import WindowedSpeech
+
+log = logging.getLogger("anygpt.serve")
 
 
 class Cancelled(Exception):
@@ -302,6 +305,7 @@ class BatchingWorker:
             for j in jobs:
                 j.emit("error", Cancelled("cancelled"))
         except Exception as exc:  # noqa: BLE001 - one batch failing must not stop the server
+            log.exception("a batch of %d requests failed", len(jobs))
             for j in jobs:
                 j.emit("error", exc)
 
@@ -499,6 +503,7 @@ class BatchingWorker:
         try:
             self._step()
         except Exception as exc:  # noqa: BLE001 - a failed step ends its requests, not the server
+            log.exception("a generation step failed; its %d requests end", len(self._scheduled))
             for job in self._scheduled:
                 job.emit("error", exc)
             self._scheduled.clear()
