@@ -2,7 +2,7 @@
 # Reproduce models/anygpt-nano from nothing: world -> modality tokenizers -> text tokenizer and LLM
 # -> stage 1 -> stage 2 -> bundle -> evaluation.  Every step is an `anygpt` command a user can run.
 #
-#   bash scripts/train_nano.sh                 # the shipped recipe (about 2 hours on 2 CPU cores)
+#   bash scripts/train_nano.sh                 # the shipped recipe (about 3 hours on 2 CPU cores)
 #   TINY=1 OUT=/tmp/nano bash scripts/train_nano.sh   # a minutes-long run of every step (CI)
 #
 # WORK holds the world, tokenized data and checkpoints; OUT receives the finished bundle.  A step
@@ -34,8 +34,8 @@ else
   MUSIC_ARGS="--steps ${MUSIC_STEPS:-3000}"
   SPEECH_ARGS="${SPEECH_EXTRA:-}"
   LLM_ARGS="--vocab-size 1024"
-  PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-1000}"
-  SFT_ARGS="--max-steps ${SFT_STEPS:-500}"
+  PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-800}"
+  SFT_ARGS="--max-steps ${SFT_STEPS:-1400}"
   EVAL_LIMIT=${EVAL_LIMIT:-50}
 fi
 
@@ -79,10 +79,11 @@ step "stage 1: pretraining"
   --model "$WORK/bundle0" --output-dir "$WORK/pretrain" --num-threads "$THREADS" \
   --data "$D/image.jsonl,group=image,x2t=0.5" --data "$D/speech.jsonl,group=speech" \
   --data "$D/music.jsonl,group=music" $PRE_ARGS
-step "stage 2: instruction tuning"
+step "stage 2: instruction tuning (with stage 1 replayed)"
 [ -f "$WORK/sft/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
   --model "$WORK/pretrain/final" --output-dir "$WORK/sft" --num-threads "$THREADS" \
-  --data "$D/dialogues.jsonl" $SFT_ARGS
+  --data "$D/dialogues.jsonl" --data "$D/image.jsonl,group=image,x2t=0.5" \
+  --data "$D/speech.jsonl,group=speech" --data "$D/music.jsonl,group=music" $SFT_ARGS
 
 step "bundle -> $OUT"
 .venv/bin/python -m anygpt.world.ship "$WORK/sft/final" "$OUT" --world "$W"

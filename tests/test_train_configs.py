@@ -122,13 +122,15 @@ def test_nano_files_suit_a_small_model_on_a_cpu():
     s2 = build_config(SFTConfig, str(TRAIN / "nano_sft.yaml"), data)
     assert s1.block_size == s2.model_max_length == context == 512
     assert (s1.learning_rate, s1.lr_scheduler_type, s1.warmup_ratio) == (1e-3, "cosine", 0.05)
-    assert s2.learning_rate < s1.learning_rate and s2.lr_scheduler_type == "cosine"
+    # stage 2 replays stage 1's pairs, so it may train as fast without forgetting them
+    assert s2.learning_rate == s1.learning_rate and s2.lr_scheduler_type == "cosine"
+    assert (s1.max_steps, s2.max_steps) == (800, 1400)
     for cfg in (s1, s2):
         assert cfg.precision == "fp32" and not cfg.gradient_checkpointing and cfg.pack
         assert cfg.adam_beta2 == 0.95 and cfg.val_set_size >= 20 and cfg.mixture == {}
-        assert cfg.max_steps == 800 and cfg.per_device_train_batch_size == 8
+        assert cfg.per_device_train_batch_size == 8
         # several checkpoints and evaluations in a run, few enough to keep
-        assert cfg.max_steps // cfg.save_steps == cfg.max_steps // cfg.eval_steps == 8
+        assert cfg.save_steps == cfg.eval_steps and 5 <= cfg.max_steps // cfg.save_steps <= 10
         assert cfg.logging_steps == 10 and cfg.save_total_limit == 3
         assert run_notes(cfg, model, train_rows=10_000) == []  # nothing to warn about
     assert s2.template == "mmgpt" and s2.weight_decay == 0.0 and s1.weight_decay == 0.1
