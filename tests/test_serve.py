@@ -464,3 +464,164 @@ def test_serve_command_fails_in_one_line_on_a_busy_port(debug_bundle):
         )  # fmt: skip
     assert r.returncode == 1
     assert "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------- unexpected failures
+def assert_server_error(exc: openai.APIStatusError, what: str) -> None:
+    """OpenAI's error shape, HTTP 500, one line naming the failure, no traceback or temp path."""
+    assert exc.status_code == 500
+    err = exc.body if "message" in (exc.body or {}) else (exc.body or {}).get("error", {})
+    assert err["type"] == "server_error"
+    message = err["message"]
+    assert what in message and "\n" not in message
+    assert "Traceback" not in message and "anygpt-serve-" not in message
+
+
+def assert_healthy(server) -> None:
+    h = httpx.get(server.url + "/health", timeout=10).json()
+    assert h["status"] == "ok" and h["in_flight"] == 0
+    ok = server.client.chat.completions.create(model="anygpt", messages=user("hi"), max_tokens=3)
+    assert ok.choices[0].message.role == "assistant"
+
+
+def audio_part() -> dict:
+    return {"type": "input_audio", "input_audio": {"data": b64(wav_bytes(0.4)), "format": "wav"}}
+
+
+def test_an_unexpected_encoder_error_answers_500_and_spares_the_batch(server, monkeypatch):
+    """A tokenizer raising an error no request check anticipates answers its request (plain and
+    streamed) at once with a 500; a request batched with it is still answered."""
+    tok = server.engine.bundle.modality("speech", checked=True)
+
+    def broken(_media):
+        raise RuntimeError("speech encoder exploded\nsecond line /tmp/anygpt-serve-x.wav")
+
+    monkeypatch.setattr(tok, "encode", broken)
+    client = server.client.with_options(timeout=15)
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(
+                model="anygpt", messages=user([audio_part()]), max_tokens=3, stream=stream
+            )
+        assert_server_error(caught.value, "speech encoder exploded")
+
+    def ask(content):
+        try:
+            return client.chat.completions.create(
+                model="anygpt", messages=user(content), max_tokens=3
+            )
+        except openai.APIStatusError as exc:
+            return exc
+
+    # arriving together (the batch window is 100 ms): two audio requests and a text one
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(ask, [[audio_part()], [audio_part()], "hello"]))
+    for failed in results[:2]:
+        assert isinstance(failed, openai.InternalServerError)
+        assert_server_error(failed, "speech encoder exploded")
+    assert results[2].choices[0].message.role == "assistant"
+    monkeypatch.undo()
+    assert_healthy(server)
+
+
+def test_a_failing_speech_decoder_ends_a_started_stream_with_an_error(server, monkeypatch):
+    tok = server.engine.bundle.modality("speech", checked=True)
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("vocoder exploded")
+
+    monkeypatch.setattr(tok, "decode", broken)
+    stream = server.client.with_options(timeout=15).chat.completions.create(
+        model="anygpt", messages=user("say something"), max_tokens=40, seed=11, stream=True,
+        modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+    )  # fmt: skip
+    chunks = 0
+    with pytest.raises(openai.APIError) as caught:
+        for _chunk in stream:
+            chunks += 1
+    assert chunks >= 1  # the stream had started before the error event
+    assert "vocoder exploded" in caught.value.message and "\n" not in caught.value.message
+    monkeypatch.undo()
+    assert_healthy(server)
+
+
+def test_a_failing_scheduler_step_answers_every_request_of_the_batch(server, monkeypatch):
+    sched = server.worker.scheduler
+
+    def broken():
+        raise RuntimeError("step exploded")
+
+    monkeypatch.setattr(sched, "step", broken)
+
+    def ask(i):
+        try:
+            return server.client.with_options(timeout=15).chat.completions.create(
+                model="anygpt", messages=user(f"say {i}"), max_tokens=5, seed=i, stream=i == 1,
+                modalities=["text", "audio"], audio={"format": "pcm16" if i == 1 else "wav"},
+            )  # fmt: skip
+        except openai.APIStatusError as exc:
+            return exc
+
+    with ThreadPoolExecutor(2) as pool:
+        plain, streamed = list(pool.map(ask, [0, 1]))
+    assert_server_error(plain, "step exploded")
+    with pytest.raises(openai.APIError) as caught:
+        list(streamed)
+    assert "step exploded" in caught.value.message
+    monkeypatch.undo()
+    assert_healthy(server)
+
+
+def test_upload_files_are_removed_on_every_path(server, monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ok = server.client.chat.completions.create(
+        model="anygpt", messages=user([audio_part()]), max_tokens=2
+    )
+    assert ok.choices
+    tok = server.engine.bundle.modality("speech", checked=True)
+    monkeypatch.setattr(tok, "encode", lambda _m: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(openai.InternalServerError):
+        server.client.with_options(timeout=15).chat.completions.create(
+            model="anygpt", messages=user([audio_part()]), max_tokens=2
+        )
+    # a stream refused before it starts, then one whose client leaves without reading it
+    body = {"model": "anygpt", "messages": user([audio_part()]), "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=15) as r:
+        assert r.status_code == 500
+    monkeypatch.undo()
+    body["messages"] = user([audio_part()])
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=15) as r:
+        assert r.status_code == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (list(tmp_path.iterdir()) or server.state.in_flight):
+        time.sleep(0.05)
+    assert list(tmp_path.iterdir()) == []
+    assert server.state.in_flight == 0
+
+
+def test_a_stream_whose_client_left_before_its_first_byte_is_still_closed():
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from anygpt.serve.app import ClosingStream
+
+    started, closed = [], []
+
+    async def events():
+        started.append(True)
+        yield "data: [DONE]\n\n"
+
+    async def gone(_message):
+        raise OSError("the client went away")
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    response = ClosingStream(events(), lambda: closed.append(True))
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(response(scope, receive, gone))
+    assert closed == [True] and not started

@@ -17,11 +17,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
+from starlette.responses import StreamingResponse
 
 from anygpt.runtime.requests import REQUEST_ERRORS, ChatRequest, RequestError
 from anygpt.serve.protocol import (
@@ -40,6 +43,7 @@ from anygpt.serve.protocol import (
 )
 from anygpt.serve.worker import BaseJob, Cancelled, ChatJob, outcome_transcript
 
+log = logging.getLogger("anygpt.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 KEEP_ALIVE_S = 10.0  # longest silence on a stream (e.g. while a picture is drawn)
 REPLY_MODALITIES = {"text": "", "audio": "speech", "image": "image", "music": "music"}
@@ -47,6 +51,31 @@ REPLY_MODALITIES = {"text": "", "audio": "speech", "image": "image", "music": "m
 
 class BodyTooLarge(Exception):
     pass
+
+
+def server_error(exc: BaseException) -> APIError:
+    """A 500 naming an unexpected failure in one line (its traceback goes to the log)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = f"internal error: {type(exc).__name__}" + (f": {first[:300]}" if first else "")
+    return APIError(500, message, type="server_error")
+
+
+class ClosingStream(StreamingResponse):
+    """A streaming response that runs ``on_close`` however it ends, even when its body was
+    never started (the client left before the first byte), so the request's slot and
+    temporary files are always freed."""
+
+    def __init__(self, content, on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.body_iterator.aclose()
+            self.on_close()
 
 
 class BodyLimit:
@@ -105,7 +134,7 @@ class ServerState:
 def create_app(engine, worker, limits: Limits, model_id: str):
     """The app over ``engine`` with ``worker`` (a :class:`~anygpt.serve.worker.Generation`)."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     state = ServerState(engine, worker, limits, model_id, aliases={model_id, "anygpt"})
@@ -129,8 +158,10 @@ def create_app(engine, worker, limits: Limits, model_id: str):
         return JSONResponse(err.body(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
-    async def server_error(_request, exc):
-        err = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+    async def unexpected_error(_request, exc):
+        if not isinstance(exc, Cancelled):
+            log.error("a request failed", exc_info=exc)
+        err = server_error(exc)
         return JSONResponse(err.body(), status_code=500)
 
     # ------------------------------------------------------------------ helpers
@@ -189,7 +220,7 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             return APIError(400, str(exc), code="context_length_exceeded", param="messages")
         if isinstance(exc, REQUEST_ERRORS):
             return APIError(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+        return server_error(exc)
 
     async def submit(job, request: Request):
         """Queue ``job`` and return its first event; cancels the job if the client leaves."""
@@ -274,7 +305,18 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             if event[0] == "error":
                 raise as_api_error(event[1])
             handed_to_stream = True  # the stream releases the slot and the files when it ends
-            return StreamingResponse(sse(job, request, body, files), media_type="text/event-stream")
+            closed = False
+
+            def close() -> None:
+                nonlocal closed
+                if not closed:
+                    closed = True
+                    job.cancelled.set()  # a stream that ends early (client gone) frees its rows
+                    files.cleanup()
+                    release()
+
+            events = sse(job, request, body, close)
+            return ClosingStream(events, close, media_type="text/event-stream")
         finally:
             if not handed_to_stream:
                 files.cleanup()
@@ -395,7 +437,7 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             "usage": usage(job, results),
         }
 
-    async def sse(job: ChatJob, request: Request, body: dict, files: TempFiles):
+    async def sse(job: ChatJob, request: Request, body: dict, close: Callable[[], None]):
         created = now()
         audio_ids = [new_id("audio") for _ in range(job.n)]
 
@@ -474,10 +516,12 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             yield "data: [DONE]\n\n"
         except Cancelled:
             job.cancelled.set()
+        except Exception as exc:  # noqa: BLE001 - a started stream ends with an error event
+            log.error("a streamed reply failed", exc_info=exc)
+            yield f"data: {json.dumps(server_error(exc).body())}\n\n"
+            yield "data: [DONE]\n\n"
         finally:
-            job.cancelled.set()  # a stream that ends early (client gone) frees its rows
-            files.cleanup()
-            release()
+            close()
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request):

@@ -99,9 +99,9 @@ class TempFiles:
 
     def write(self, data: bytes, suffix: str) -> str:
         fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix)
+        self.paths.append(path)  # before writing: a failed write (disk full) is removed too
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        self.paths.append(path)
         return path
 
     def cleanup(self) -> None:

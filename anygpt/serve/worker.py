@@ -78,8 +78,10 @@ class ChatJob:
     finish_reasons: list[str | None] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)  # (outcome, ids) per choice
     scheduled: list[Any] = field(default_factory=list)  # scheduler requests
+    answered: bool = False  # a "done" or "error" event was sent
 
     def emit(self, *event: Any) -> None:
+        self.answered = self.answered or event[0] in ("done", "error")
         if self.loop is not None and self.events is not None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
@@ -93,8 +95,10 @@ class BaseJob:
     events: asyncio.Queue | None = None
     loop: asyncio.AbstractEventLoop | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False  # a "done" or "error" event was sent
 
     def emit(self, *event: Any) -> None:
+        self.answered = self.answered or event[0] in ("done", "error")
         if self.loop is not None and self.events is not None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
@@ -280,23 +284,35 @@ class BatchingWorker:
             jobs = self._collect(block=not self._busy())
             if jobs is None:
                 return
-            jobs = [j for j in jobs if not j.cancelled.is_set()]
-            base = [j for j in jobs if isinstance(j, BaseJob)]
-            chats = [j for j in jobs if isinstance(j, ChatJob)]
-            if base:
-                self._guard(base, self._run_base)
-            encoded = self._encode_together(chats)
-            ready = [j for j in chats if self._prepare(j, encoded)]
-            later = []
-            for j in ready:
-                if self._can_schedule(j):
-                    self._guard([j], self._schedule)
-                else:
-                    later.append(j)
-            for group in self._chat_groups(later):
-                self._guard(group, self._run_chat)
-            if self._busy():
-                self._step_safely()
+            try:
+                self._run_once([j for j in jobs if not j.cancelled.is_set()])
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
+                # last resort: every job of this round that got no answer and is not in the
+                # scheduler's running batch gets the error, so no client waits for its timeout
+                log.exception("the worker failed on a round of %d requests", len(jobs))
+                for j in jobs:
+                    if not j.answered and j not in self._scheduled:
+                        j.emit("error", exc)
+
+    def _run_once(self, jobs: list) -> None:
+        """One round of the loop: run the base jobs, prepare and queue the chat jobs, and take
+        one scheduler step."""
+        base = [j for j in jobs if isinstance(j, BaseJob)]
+        chats = [j for j in jobs if isinstance(j, ChatJob)]
+        if base:
+            self._guard(base, self._run_base)
+        encoded = self._encode_together(chats)
+        ready = [j for j in chats if self._prepare(j, encoded)]
+        later = []
+        for j in ready:
+            if self._can_schedule(j):
+                self._guard([j], self._schedule)
+            else:
+                later.append(j)
+        for group in self._chat_groups(later):
+            self._guard(group, self._run_chat)
+        if self._busy():
+            self._step_safely()
 
     def _guard(self, jobs: list, fn: Callable[[list], None]) -> None:
         try:
@@ -363,22 +379,35 @@ class BatchingWorker:
                     out[(modality, p)] = eng.layout.segment_text(modality, c)
             except REQUEST_ERRORS:
                 continue
+            except Exception:  # noqa: BLE001 - each request's own encoding reports the error
+                log.exception("a shared %s encoding of %d files failed", modality, len(paths))
+                continue
         return out
 
     def _prepare(self, job: ChatJob, encoded: dict | None = None) -> bool:
-        eng = self.engine
-        session = ChatSession(PreEncoded(eng, encoded) if encoded else eng)
+        """Build the job's prompt; False (and an error event) when that fails."""
         try:
-            for m in job.history:
-                if m.role == "user":
-                    req = ChatRequest("interleaved", m.text, images=m.images, speech=m.speech)
-                    session.conversation.add_user(session.user_message(req))
-                else:
-                    session.conversation.add_assistant(m.text)
-            turn = session.prepare(job.request)
+            self._prepare_turn(job, encoded)
         except REQUEST_ERRORS as exc:
             job.emit("error", exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure ends this request only
+            log.exception("preparing a chat request failed")
+            job.emit("error", exc)
+            return False
+        job.emit("started")
+        return True
+
+    def _prepare_turn(self, job: ChatJob, encoded: dict | None) -> None:
+        eng = self.engine
+        session = ChatSession(PreEncoded(eng, encoded) if encoded else eng)
+        for m in job.history:
+            if m.role == "user":
+                req = ChatRequest("interleaved", m.text, images=m.images, speech=m.speech)
+                session.conversation.add_user(session.user_message(req))
+            else:
+                session.conversation.add_assistant(m.text)
+        turn = session.prepare(job.request)
         target = job.request.to_modality
         if job.force_start and target in eng.bundle.modality_names:
             job.prefix = eng.forced_start(target)
@@ -386,14 +415,12 @@ class BatchingWorker:
         turn.decoding = turn.decoding.with_overrides(**job.overrides)
         turn.decoding = eng.fit([turn.prompt], turn.decoding)
         job.turn, job.session = turn, session
-        job.emit("started")
         job.prompt_tokens = len(turn.prompt)
         job.sent_text = [""] * job.n
         if job.stream_speech:
             tok = eng.bundle.modality("speech", checked=True)
             hop = round(tok.sample_rate / tok.frame_rate)
             job.speech = [WindowedSpeech(hop, **self.stream_options) for _ in range(job.n)]
-        return True
 
     def _chat_groups(self, jobs: list[ChatJob]) -> list[list[ChatJob]]:
         groups: dict[Any, list[ChatJob]] = defaultdict(list)
