@@ -45,21 +45,7 @@ def load_audio(
     import soundfile as sf
 
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
-    if not path.is_file():
-        raise AudioError(
-            f"'{path}' is a folder, not an audio file" if path.is_dir() else f"not a file: {path}"
-        )
-    if not os.access(path, os.R_OK):
-        # soundfile would only say "System error"
-        raise AudioError(f"cannot read audio file {path}: permission denied")
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # noqa: BLE001 - soundfile raises several types
-        raise AudioError(f"cannot read audio file {path}: {_short(exc)}") from exc
-    if info.samplerate <= 0 or info.frames <= 0:
-        raise AudioError(f"audio file {path} is empty")
+    info = _header(path)
     if info.frames / info.samplerate > MAX_SECONDS and duration_s is None:
         raise AudioError(
             f"audio file {path} is {info.frames / info.samplerate:.0f} s long; "
@@ -93,19 +79,18 @@ def load_audio(
     return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
 
 
-def probe_audio(path: str | Path) -> float:
-    """Check from its header that ``path`` is a readable, non-empty audio file; returns seconds.
-
-    Nothing is decoded, so this is cheap enough to run on every input before any work.
-    """
+def _header(path: Path):
+    """The ``soundfile`` info of a readable, non-empty audio file; :class:`AudioError` if not."""
     import soundfile as sf
 
-    path = Path(path)
     if not path.exists():
         raise AudioError(f"audio file not found: {path}")
     if not path.is_file():
-        raise AudioError(f"'{path}' is a folder, not an audio file")
+        raise AudioError(
+            f"'{path}' is a folder, not an audio file" if path.is_dir() else f"not a file: {path}"
+        )
     if not os.access(path, os.R_OK):
+        # soundfile would only say "System error"
         raise AudioError(f"cannot read audio file {path}: permission denied")
     try:
         info = sf.info(str(path))
@@ -113,6 +98,15 @@ def probe_audio(path: str | Path) -> float:
         raise AudioError(f"cannot read audio file {path}: {_short(exc)}") from exc
     if info.samplerate <= 0 or info.frames <= 0:
         raise AudioError(f"audio file {path} is empty")
+    return info
+
+
+def probe_audio(path: str | Path) -> float:
+    """Check from its header that ``path`` is a readable, non-empty audio file; returns seconds.
+
+    Nothing is decoded, so this is cheap enough to run on every input before any work.
+    """
+    info = _header(Path(path))
     return info.frames / info.samplerate
 
 

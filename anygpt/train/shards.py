@@ -33,15 +33,13 @@ import numpy as np
 from anygpt.train.config import DataSpec, TrainError
 from anygpt.train.tokenize_media import (
     Manifest,
-    RowError,
     TokenizeConfig,
     TokenizeSummary,
-    _encode,
-    _media_ref,
     _same_file,
     _truncate,
     _write_json_atomic,
-    load_media,
+    encode_rows,
+    error_line,
     output_settings,
 )
 
@@ -188,36 +186,10 @@ def tokenize_to_shards(cfg: TokenizeConfig, plan: ShardPlan) -> TokenizeSummary:
     consumed_to = state["next_row"]
 
     def encode_batch(batch: list, fe) -> None:
-        media, keep, bad = [], [], []
-        for i, row, problem in batch:
-            try:
-                if problem:
-                    raise RowError(problem, "malformed row")
-                text = row.get(cfg.text_column)
-                if not isinstance(text, str) or not text.strip():
-                    raise RowError(f"no text in column '{cfg.text_column}'", "no text")
-                media.append(load_media(tok, modality, row.get(column), root, cfg.max_seconds))
-                keep.append((i, row, text))
-            except RowError as exc:
-                bad.append((i, row, exc))
-            except Exception as exc:  # noqa: BLE001 - one odd row must not end the run
-                bad.append((i, row, RowError(f"{type(exc).__name__}: {exc}", "unexpected error")))
-        for (i, row, text), seg in zip(
-            keep, _encode(tok, bundle.layout, modality, media), strict=True
-        ):
-            if isinstance(seg, RowError):
-                bad.append((i, row, seg))
-            else:
-                part_rows.append((text, seg))
-        for i, row, err in sorted(bad, key=lambda b: b[0]):
-            rec = {"row": i, "reason": str(err), "kind": err.kind}
-            if row is not None:
-                ref = _media_ref(row.get(column))
-                if ref is not None:
-                    rec["path"] = ref
-                if "id" in row:
-                    rec["id"] = row["id"]
-            fe.write((json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        good, bad = encode_rows(tok, bundle.layout, modality, column, root, cfg, batch)
+        part_rows.extend((text, seg) for _, text, seg in good)
+        for i, row, err in bad:
+            fe.write(error_line(i, row, err, column))
             reasons[err.kind] += 1
         state["failed"] += len(bad)
 

@@ -270,6 +270,56 @@ def load_media(tok: Any, modality: str, value: Any, root: Path, max_seconds: flo
         raise RowError(text, failure_kind(bare)) from exc
 
 
+def encode_rows(
+    tok: Any,
+    layout: Any,
+    modality: str,
+    column: str,
+    root: Path,
+    cfg: TokenizeConfig,
+    batch: list[tuple[int, dict | None, str | None]],
+) -> tuple[list[tuple[int, str, str]], list[tuple[int, dict | None, RowError]]]:
+    """Load and encode one batch of manifest rows ``(index, row, problem)``.
+
+    Returns ``(index, text, segment)`` for the rows that worked, in manifest order, and
+    ``(index, row, error)`` for the others, sorted by index.  One odd row never ends the run.
+    """
+    bad: list[tuple[int, dict | None, RowError]] = []
+    media, keep = [], []
+    for i, row, problem in batch:
+        try:
+            if problem:
+                raise RowError(problem, "malformed row")
+            text = row.get(cfg.text_column)
+            if not isinstance(text, str) or not text.strip():
+                raise RowError(f"no text in column '{cfg.text_column}'", "no text")
+            media.append(load_media(tok, modality, row.get(column), root, cfg.max_seconds))
+            keep.append((i, row, text))
+        except RowError as exc:
+            bad.append((i, row, exc))
+        except Exception as exc:  # noqa: BLE001 - one odd row must not end the run
+            bad.append((i, row, RowError(f"{type(exc).__name__}: {exc}", "unexpected error")))
+    good: list[tuple[int, str, str]] = []
+    for (i, row, text), seg in zip(keep, _encode(tok, layout, modality, media), strict=True):
+        if isinstance(seg, RowError):
+            bad.append((i, row, seg))
+        else:
+            good.append((i, text, seg))
+    return good, sorted(bad, key=lambda b: b[0])
+
+
+def error_line(i: int, row: dict | None, err: RowError, column: str) -> bytes:
+    """One line of the errors file: the row's index, reason, kind, media path and id."""
+    rec: dict[str, Any] = {"row": i, "reason": str(err), "kind": err.kind}
+    if row is not None:
+        ref = _media_ref(row.get(column))
+        if ref is not None:
+            rec["path"] = ref
+        if "id" in row:
+            rec["id"] = row["id"]
+    return (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
 def _media_ref(value: Any) -> str | None:
     if isinstance(value, str):
         return value
@@ -434,42 +484,15 @@ def _run_batches(cfg, manifest, tok, layout, modality, column, root, state, out,
     with bar, out.open("ab") as fo, errors.open("ab") as fe:
 
         def flush_batch(batch: list[tuple[int, dict | None, str | None]]) -> None:
-            good_lines: list[tuple[int, str]] = []
-            bad: list[tuple[int, dict | None, RowError]] = []
-            media, keep = [], []
-            for i, row, problem in batch:
-                try:
-                    if problem:
-                        raise RowError(problem, "malformed row")
-                    text = row.get(cfg.text_column)
-                    if not isinstance(text, str) or not text.strip():
-                        raise RowError(f"no text in column '{cfg.text_column}'", "no text")
-                    media.append(load_media(tok, modality, row.get(column), root, cfg.max_seconds))
-                    keep.append((i, row, text))
-                except RowError as exc:
-                    bad.append((i, row, exc))
-                except Exception as exc:  # noqa: BLE001 - one odd row must not end the run
-                    reason = f"{type(exc).__name__}: {exc}"
-                    bad.append((i, row, RowError(reason, "unexpected error")))
-            segments = _encode(tok, layout, modality, media)
-            for (i, row, text), seg in zip(keep, segments, strict=True):
-                if isinstance(seg, RowError):
-                    bad.append((i, row, seg))
-                else:
-                    good_lines.append(
-                        (i, json.dumps({"text": text, modality: seg}, ensure_ascii=False))
-                    )
-            for _, line in sorted(good_lines):
+            good, bad = encode_rows(tok, layout, modality, column, root, cfg, batch)
+            good_lines = [
+                (i, json.dumps({"text": text, modality: seg}, ensure_ascii=False))
+                for i, text, seg in good
+            ]
+            for _, line in good_lines:
                 fo.write((line + "\n").encode("utf-8"))
-            for i, row, err in sorted(bad, key=lambda b: b[0]):
-                rec = {"row": i, "reason": str(err), "kind": err.kind}
-                if row is not None:
-                    ref = _media_ref(row.get(column))
-                    if ref is not None:
-                        rec["path"] = ref
-                    if "id" in row:
-                        rec["id"] = row["id"]
-                fe.write((json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+            for i, row, err in bad:
+                fe.write(error_line(i, row, err, column))
                 reasons[err.kind] += 1
             for f in (fo, fe):
                 f.flush()
