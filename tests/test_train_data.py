@@ -318,6 +318,8 @@ def test_sft_replays_stage_one_pairs(tok, modalities):
     )
     with pytest.raises(SkipExample, match="no conversation"):
         SFTExamples(tok, MMGPT_TEMPLATE, 4096)(pair, spec, random.Random(0))
+    with pytest.raises(SkipExample, match="no conversation"):  # neither a pair nor a chat
+        fn({"conv": [], "id": 3}, spec, random.Random(0))
 
 
 # ---------------------------------------------------------------------- mixture and split

@@ -110,7 +110,11 @@ class SFTExamples:
         return Example(ids, loss)
 
     def __call__(self, row: dict, spec: DataSpec, rng: random.Random) -> Example:
-        if self.replay is not None and "conversation" not in row and "conversations" not in row:
+        if (
+            self.replay is not None
+            and "text" in row
+            and not {"conversation", "conversations"} & set(row)
+        ):
             ex = self.replay(row, spec, rng)
             ex.notes = ("replay", *ex.notes)
             return ex
