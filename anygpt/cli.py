@@ -150,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_model_args(c, "infer_output/chat")
     c.add_argument("--voice", help="voice prompt wav for spoken replies (default: a random voice)")
+    k = c.add_argument_group("cascaded speech (ASR -> text reply -> TTS)")
+    k.add_argument(
+        "--cascade",
+        action="store_true",
+        help="speech inputs are transcribed (ASR) and replies asked as speech "
+        "(TO_MODALITY speech) are a text reply spoken sentence by sentence (TTS)",
+    )
+    k.add_argument(
+        "--asr-model", help="bundle whose speech -> text does the ASR (default: --model)"
+    )
+    k.add_argument(
+        "--tts-model", help="bundle whose text -> speech does the TTS (default: --model)"
+    )
 
     d = sub.add_parser(
         "debug-bundle", help="write a tiny randomly initialised bundle (outputs are noise)"
@@ -471,6 +484,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     engine = Engine(bundle, seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens)
     engine.max_input_seconds = args.max_seconds
     session = ChatSession(engine, voice=args.voice)
+    cascade = _cascade(args, engine) if args.cascade else None
 
     def handle(lines: list[str]) -> list[Outcome]:
         out = []
@@ -482,7 +496,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 continue
             history = list(session.conversation.messages)
             try:
-                out.append(session.turn(line))
+                out.append(cascade_turn(cascade, session, line) if cascade else session.turn(line))
             except KeyboardInterrupt:  # a cancelled turn leaves the conversation as it was
                 session.conversation.messages[:] = history
                 raise
@@ -501,6 +515,41 @@ def cmd_chat(args: argparse.Namespace) -> int:
             _print_outcome(o, sink, args.json)
             ok &= o.ok
     return 0 if ok else EXIT_ERROR
+
+
+def _cascade(args: argparse.Namespace, engine):
+    """The cascade of ``anygpt chat --cascade``: ASR and TTS from their own bundles when named."""
+    from anygpt.bundle import Bundle
+    from anygpt.runtime.cascade import Cascade
+    from anygpt.runtime.engine import Engine
+
+    def stage(path: str | None):
+        if not path:
+            return None
+        if not Path(path).is_dir():
+            raise CommandError(f"{path} is not a bundle folder")
+        return Engine(Bundle(Path(path), device=args.device, dtype=args.dtype), seed=args.seed)
+
+    try:
+        return Cascade(engine, asr=stage(args.asr_model), tts=stage(args.tts_model))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cascade_turn(cascade, session, line: str):
+    """One ``--cascade`` chat line: through the cascade when it has speech in or asks for speech."""
+    from anygpt.runtime.engine import Outcome
+    from anygpt.runtime.requests import REQUEST_ERRORS, parse_chat_line
+
+    try:
+        req = parse_chat_line(line, None)
+    except REQUEST_ERRORS as exc:
+        return Outcome(line, error=str(exc))
+    if not req.speech and req.to_modality != "speech":
+        return session.turn(line)
+    result = cascade.turn(session, req, speak=req.to_modality == "speech")
+    result.outcome.request = line
+    return result.outcome
 
 
 def cmd_debug_bundle(args: argparse.Namespace) -> int:

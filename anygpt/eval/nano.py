@@ -233,19 +233,32 @@ def eval_music(engine, split: Path, limit: int | None, judges: Path) -> tuple[Sc
     )
 
 
-def eval_spoken_chat(engine, split: Path, limit: int | None) -> Score:
-    """A spoken question about a picture; the spoken reply's text answer must be right."""
+def eval_spoken_chat(
+    engine, split: Path, limit: int | None, cascade: Any = None, on_turn: Callable | None = None
+) -> Score:
+    """A spoken question about a picture; the spoken reply's text answer must be right.
+
+    ``cascade``: a :class:`~anygpt.runtime.cascade.Cascade` answers (ASR -> text reply -> TTS)
+    instead of the chat model end to end.  ``on_turn(outcome)`` sees each turn's outcome.
+    """
+    from anygpt.runtime.requests import parse_chat_line
+
     rows = read_rows(split / "dialogues.jsonl", limit, kind="spoken_image_qa")
     right = 0
     for r in rows:
         turn = r["turns"][0]
         line = f"interleaved||speech||{split / turn['image']}|{split / turn['question_speech']}"
-        o = engine.chat().turn(line)
+        if cascade is None:
+            o = engine.chat().turn(line)
+        else:
+            o = cascade.turn(engine.chat(), parse_chat_line(line)).outcome
+        if on_turn is not None:
+            on_turn(o)
         said = (o.text or "").split("<-Res->")[-1].replace("[speech]", " ").strip()
         right += int(o.ok and said.lower().startswith(turn["answer"].lower()) and bool(o.media))
     value = right / max(len(rows), 1)
     return Score(
-        "spoken chat about a picture",
+        "spoken chat about a picture" + (" (cascaded)" if cascade is not None else ""),
         "right spoken answers",
         value,
         ">= 0.70",
@@ -254,12 +267,63 @@ def eval_spoken_chat(engine, split: Path, limit: int | None) -> Score:
     )
 
 
+def eval_video(engine, split: Path, limit: int | None) -> Score:
+    """A held-out clip of a moving shape, described in chat: the direction said must be right."""
+    from anygpt.world.clips import DESCRIBE_VIDEO, parse_direction
+
+    rows = read_rows(split / "video.jsonl", limit)
+    right = 0
+    for i, r in enumerate(rows):
+        prompt = DESCRIBE_VIDEO[i % len(DESCRIBE_VIDEO)]
+        o = engine.chat().turn(f"interleaved|{prompt}|||{split / r['video']}")
+        said = parse_direction((o.text or "").lower()) if o.ok else None
+        right += int(said == r["motion"]["direction"])
+    value = right / max(len(rows), 1)
+    return Score("video: motion", "direction said right", value, ">= 0.80", len(rows), value >= 0.8)
+
+
+def eval_awake(engine, split: Path, limit: int | None) -> tuple[Score, Score]:
+    """Spoken questions must get a reply; held-out background sounds must get none."""
+    queries = read_rows(split / "dialogues.jsonl", limit, kind="spoken_image_qa")
+    answered = 0
+    for r in queries:
+        turn = r["turns"][0]
+        line = f"interleaved||speech||{split / turn['image']}|{split / turn['question_speech']}"
+        o = engine.chat().turn(line)
+        answered += int(o.ok and bool((o.text or "").strip() or o.media))
+    sounds = read_rows(split / "background.jsonl", limit)
+    silent, by_kind = 0, {}
+    for r in sounds:
+        o = engine.chat().turn(f"interleaved||||||{split / r['speech']}")
+        quiet = o.ok and not (o.text or "").strip() and not o.media
+        silent += int(quiet)
+        k = "chatter" if r["kind"] == "chatter" else "noise"
+        done, n = by_kind.get(k, (0, 0))
+        by_kind[k] = (done + int(quiet), n + 1)
+    a = answered / max(len(queries), 1)
+    s = silent / max(len(sounds), 1)
+    detail = {f"silent on {k}": round(d / max(n, 1), 3) for k, (d, n) in by_kind.items()}
+    return (
+        Score("addressed speech", "spoken queries answered", a, ">= 0.95", len(queries), a >= 0.95),
+        Score("background sound", "stayed silent", s, ">= 0.90", len(sounds), s >= 0.9, detail),
+    )
+
+
 def run_eval(
-    model: str | Path | None, world: Path, limit: int | None, judges: Path, only: set[str] | None
+    model: str | Path | None,
+    world: Path,
+    limit: int | None,
+    judges: Path,
+    only: set[str] | None,
+    cascade: bool = False,
 ) -> list[Score]:
     import anygpt
 
     engine = anygpt.load(model, device="cpu", seed=0)
+    if cascade:
+        from anygpt.runtime.cascade import Cascade
+
+        cascade = Cascade(engine)
     split = world / "heldout"
     tasks: dict[str, Callable[[], Any]] = {
         "image-caption": lambda: eval_image_captioning(engine, split, limit),
@@ -267,7 +331,9 @@ def run_eval(
         "asr": lambda: eval_speech_to_text(engine, split, limit),
         "tts": lambda: eval_text_to_speech(engine, split, limit),
         "music": lambda: eval_music(engine, split, limit, judges),
-        "chat": lambda: eval_spoken_chat(engine, split, limit),
+        "chat": lambda: eval_spoken_chat(engine, split, limit, cascade or None),
+        "video": lambda: eval_video(engine, split, limit),
+        "awake": lambda: eval_awake(engine, split, limit),
     }
     scores: list[Score] = []
     for name, task in tasks.items():
@@ -293,15 +359,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50, help="held-out items per task (default 50)")
     p.add_argument("--judges", default=str(models_dir() / JUDGES), help="judge models folder")
     p.add_argument(
-        "--tasks", help="comma-separated subset: image-caption,text-image,asr,tts,music,chat"
+        "--tasks",
+        help="comma-separated subset: image-caption,text-image,asr,tts,music,chat,video,awake",
     )
     p.add_argument("--json", help="also write the scores here")
+    p.add_argument(
+        "--cascade",
+        action="store_true",
+        help="spoken chat through the cascade (ASR -> text reply -> TTS) instead of end to end",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     only = set(args.tasks.split(",")) if args.tasks else None
     try:
-        scores = run_eval(args.model, Path(args.world), args.limit, Path(args.judges), only)
+        scores = run_eval(
+            args.model, Path(args.world), args.limit, Path(args.judges), only, args.cascade
+        )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
