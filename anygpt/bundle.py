@@ -57,6 +57,8 @@ class BundleConfig:
     decoding: str | None = None
     modalities: dict[str, ModalityEntry] = field(default_factory=dict)
     name: str = ""
+    # how video inputs are sampled (:class:`anygpt.modalities.video.VideoOptions`); {}: defaults
+    video: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -75,6 +77,7 @@ class BundleConfig:
             d.get("decoding"),
             mods,
             d.get("name", ""),
+            dict(d.get("video") or {}),
         )
 
     def save(self, directory: str | Path) -> None:
@@ -201,6 +204,7 @@ class Bundle:
         self._llm: Any = None
         self._modalities: dict[str, ModalityTokenizer] = {}
         self._checked: set[str] = set()
+        self._video: Any = None
 
     @staticmethod
     def read_config(root: Path) -> BundleConfig:
@@ -265,6 +269,23 @@ class Bundle:
     @property
     def modality_names(self) -> list[str]:
         return list(self.layout.modalities)
+
+    @property
+    def input_modalities(self) -> list[str]:
+        """What requests may give as input: the modalities, plus ``video`` where it can be read."""
+        from anygpt.modalities.video import video_problem
+
+        names = self.modality_names
+        return names + ["video"] if video_problem(self) is None else names
+
+    @property
+    def video(self):
+        """The :class:`~anygpt.modalities.video.VideoEncoder` of this bundle (built on first use)."""
+        from anygpt.modalities.video import VideoEncoder, VideoOptions
+
+        if self._video is None:
+            self._video = VideoEncoder(self, VideoOptions.from_dict(self.config.video))
+        return self._video
 
     @property
     def llm(self) -> Any:

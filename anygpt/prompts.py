@@ -32,9 +32,23 @@ def instruction_lists(direction: str) -> dict[str, list[str]]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# Instructions for inputs AnyGPT never had (its lists above stay exactly as trained).
+EXTRA_INSTRUCTIONS = {
+    X2T: {
+        "video": [
+            "Please describe the video.",
+            "What happens in this video?",
+            "Describe what you see in the clip.",
+            "Give a short description of the video.",
+        ]
+    },
+    T2X: {},
+}
+
+
 def choose_instruction(direction: str, modality: str, rng: random.Random) -> str:
     """Draw an instruction like AnyGPT (uniform over the list, duplicates included)."""
-    lists = instruction_lists(direction)
+    lists = {**EXTRA_INSTRUCTIONS.get(direction, {}), **instruction_lists(direction)}
     if modality not in lists:
         raise ValueError(f"no {direction} instructions for modality '{modality}'")
     return rng.choice(lists[modality])

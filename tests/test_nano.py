@@ -53,7 +53,8 @@ def test_reduced_evaluation_of_the_shipped_bundle(tmp_path):
     from anygpt.world.build import WorldConfig, build_world
 
     world = tmp_path / "world"
-    counts = {"images": 1, "speech": 1, "music": 1, "dialogues": 1, "heldout": 12}
+    counts = {"images": 1, "speech": 1, "music": 1, "videos": 0, "background": 0}
+    counts |= {"dialogues": 1, "heldout": 12}
     build_world(WorldConfig(out=str(world), seed=0, workers=1, progress=False, **counts))
     tasks = {"image-caption", "asr", "tts", "music"}
     scores = run_eval(NANO, world, 12, ROOT / "models" / "nano-judges", tasks)

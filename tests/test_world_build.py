@@ -63,6 +63,7 @@ def test_same_seed_same_bytes_and_another_seed_differs(world, tmp_path):
 def test_worker_processes_write_the_same_files(tmp_path):
     # enough speech and music for the process pool to be used
     args = ["--speech", "34", "--music", "33", "--images", "2", "--dialogues", "0"]
+    args += ["--videos", "0", "--background", "40"]
     args += ["--heldout", "0", "--seed", "1", "--quiet"]
     assert main(["world", str(tmp_path / "a"), *args, "--workers", "2"]) == 0
     assert main(["world", str(tmp_path / "b"), *args, "--workers", "1"]) == 0
@@ -131,6 +132,7 @@ def test_dialogue_answers_match_scenes(world, tmp_path):
     # a bigger dialogue set than --tiny gives, to see every kind
     out = tmp_path / "w"
     args = ["--images", "20", "--music", "4", "--speech", "0", "--dialogues", "120"]
+    args += ["--videos", "4", "--background", "4"]
     assert main(["world", str(out), *args, "--heldout", "0", "--quiet"]) == 0
     d = out / "train"
     scenes = {r["image"]: images.Scene.from_dict(r["scene"]) for r in read_jsonl(d / "image.jsonl")}
@@ -146,9 +148,9 @@ def test_dialogue_answers_match_scenes(world, tmp_path):
         assert len(assistants) == len(row["turns"])
         for msg in (t["message"] for t in conv):
             for modality, path in placeholders(msg):
-                assert (d / path).is_file() and path.startswith(
-                    {"image": "images/", "speech": "speech/", "music": "music/"}[modality]
-                )
+                folders = {"image": ("images/",), "speech": ("speech/", "background/")}
+                folders |= {"music": ("music/",), "video": ("videos/",)}
+                assert (d / path).is_file() and path.startswith(folders[modality])
         for reply, turn in zip(assistants, row["turns"]):
             if "question_kind" in turn:
                 scene = scenes[turn["image"]]
@@ -200,7 +202,7 @@ def test_refuses_a_non_empty_folder_and_overwrites_on_request(world, tmp_path, c
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     small = ["--quiet", "--images", "1", "--speech", "1", "--music", "1", "--heldout", "0"]
-    small += ["--dialogues", "1"]
+    small += ["--dialogues", "1", "--videos", "1", "--background", "1"]
     assert main(["world", str(out), *small]) != 0
     assert "not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"

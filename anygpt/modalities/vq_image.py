@@ -105,6 +105,12 @@ class VQImageModality(ModalityTokenizer):
         except ImageError as exc:
             raise ModalityError(str(exc)) from exc
 
+    def prepare(self, image: Any) -> Any:
+        """An in-memory PIL image (a video frame) -> what ``encode`` takes, as ``load`` does."""
+        from anygpt.models.vq_image import prepare_image
+
+        return prepare_image(image, self.cfg.image_size)
+
     @torch.inference_mode()
     def encode(self, media: Sequence[Any]) -> Codes:
         """PIL images -> codes [B, 1, 64] (one batched pass)."""

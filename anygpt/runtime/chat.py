@@ -44,6 +44,8 @@ class ChatSession:
             eng.encode_media("music", req.music, window_s=self.music_window_s) if req.music else []
         )
         speech = eng.encode_media("speech", req.speech) if req.speech else []
+        # a clip stands where a picture would: media first, videos before pictures
+        images = (eng.encode_media("video", req.videos) if req.videos else []) + images
         if req.task == "interleaved" or req.task not in TASK_PROMPTS:
             return interleaved_user_message(req.text, images, music, speech)
         values: dict[str, str] = defaultdict(
@@ -150,6 +152,8 @@ class ChatSession:
                 outcome.media += media
                 outcome.notes += notes
             outcome.text = display_text(new, segments, eng.layout)
+            if not outcome.text.strip() and not segments:
+                outcome.notes.append("no reply: the model stayed silent (not addressed)")
         except REQUEST_ERRORS as exc:
             self.conversation.messages[:] = turn.saved
             outcome.error = str(exc)

@@ -162,6 +162,8 @@ class Engine:
 
     def encode_media(self, modality: str, paths: list[str], **load_kw: Any) -> list[str]:
         """Load and encode media files (one batch), returning their segment strings."""
+        if modality == "video":
+            return self.bundle.video.encode(paths, max_seconds=self.max_input_seconds)
         tok = self.bundle.modality(modality, checked=True)
         load_kw = {**crop_options(tok, self.max_input_seconds), **load_kw}
         crop = load_kw.get("max_seconds", load_kw.get("window_s"))
@@ -241,7 +243,12 @@ class Engine:
         requests: dict[int, BaseRequest] = {}
         for i, line in enumerate(lines):
             try:
-                requests[i] = parse_base_line(line, self.bundle.modality_names)
+                requests[i] = parse_base_line(line, self.bundle.input_modalities)
+                if requests[i].target == "video":
+                    del requests[i]
+                    raise RequestError(
+                        "video is an input only: models read video, they do not make it"
+                    )
             except REQUEST_ERRORS as exc:
                 outcomes[i].error = str(exc)
         # encode media inputs, one batch per modality
@@ -250,6 +257,11 @@ class Engine:
         for i, req in requests.items():
             if req.source != "text":
                 by_modality[req.source].append(i)
+        for i in by_modality.pop("video", []):  # frames and soundtrack, see VideoEncoder
+            try:
+                segments[i] = self.encode_media("video", [requests[i].content])[0]
+            except REQUEST_ERRORS as exc:
+                outcomes[i].error = str(exc)
         for modality, idx in by_modality.items():
             tok = self.bundle.modality(modality, checked=True)
             loaded: dict[int, Any] = {}

@@ -14,6 +14,7 @@ from anygpt.layout import LayoutError
 from anygpt.modalities.base import ModalityError
 from anygpt.prompts import T2X, X2T
 from anygpt.text_tokenizer import TextTokenizerError
+from anygpt.video import VIDEO_SUFFIXES
 
 # Errors that concern one request: reported on one line, the rest of the batch goes on.
 REQUEST_ERRORS = (
@@ -111,7 +112,10 @@ def parse_base_line(line: str, modalities: list[str]) -> BaseRequest:
 
 @dataclass
 class ChatRequest:
-    """One chat turn in AnyGPT's ``task|text|to_modality|voice|images|speech|music`` form."""
+    """One chat turn in AnyGPT's ``task|text|to_modality|voice|images|speech|music`` form.
+
+    Video files (:data:`VIDEO_SUFFIXES`) given in the images field are ``videos``.
+    """
 
     task: str
     text: str
@@ -120,6 +124,7 @@ class ChatRequest:
     images: list[str] = field(default_factory=list)
     speech: list[str] = field(default_factory=list)
     music: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
 
 
 def _files(field_text: str) -> list[str]:
@@ -168,12 +173,14 @@ def parse_chat_line(line: str, modalities: list[str] | None = None) -> ChatReque
         raise RequestError(
             f"unknown output modality '{to_mod}'; this model knows: {', '.join(known)}"
         )
+    visual = _files(images)
     return ChatRequest(
         task or "interleaved",
         text,
         to_mod.lower(),
         voice,
-        _files(images),
+        [f for f in visual if not f.lower().endswith(VIDEO_SUFFIXES)],
         _files(speech),
         _files(music),
+        [f for f in visual if f.lower().endswith(VIDEO_SUFFIXES)],
     )

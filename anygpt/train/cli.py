@@ -63,6 +63,7 @@ def cmd_extend_vocab(args: argparse.Namespace) -> int:
         modality_files=args.modality_files,
         copy_modalities=args.copy_modalities,
         sft_tags=not args.no_sft_tags,
+        video=args.video,
         seed=args.seed,
         cov_scale=args.cov_scale,
         max_context=args.max_context,
@@ -156,6 +157,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--copy-modalities", action="store_true", help="copy modality files instead of linking"
     )
     e.add_argument("--no-sft-tags", action="store_true", help="leave out <-Res-> and <-Ins->")
+    e.add_argument(
+        "--video",
+        action="store_true",
+        help="also add the video tags <sovi> <eovi> (video input: frames as image tokens)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
         "--cov-scale", type=float, default=1.0, help="covariance scale of new rows (0: the mean)"

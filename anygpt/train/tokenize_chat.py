@@ -6,7 +6,7 @@ Input: JSON Lines rows as :mod:`anygpt.train.sft_data` reads them (``conversatio
     {image:images/000012.png}   {speech:speech/000040.wav}   {music:music/000003.wav}
 
 ``{MODALITY:PATH}``: the modality is one of the bundle's (``image``, ``speech``, ``music``,
-``audio``); PATH is a file, relative to ``--media-root`` (default: the dialogue file's folder)
+``audio``), or ``video`` for a bundle that reads video (:mod:`anygpt.modalities.video`); PATH is a file, relative to ``--media-root`` (default: the dialogue file's folder)
 unless absolute, with no braces or newline in it.  Each placeholder becomes the media's token
 segment (``<soim>...<eoim>``) from the bundle's modality tokenizer; every other character of the row
 is kept.  Media are encoded once each, in batches per modality, whatever the number of rows that
@@ -32,7 +32,7 @@ from typing import Any
 
 from anygpt.train.config import TrainError
 
-MODALITY_NAMES = ("image", "speech", "music", "audio")
+MODALITY_NAMES = ("image", "speech", "music", "audio", "video")
 PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(MODALITY_NAMES) + r"):([^{}\n]+)\}")
 SHOWN_ERRORS = 20
 
@@ -165,7 +165,7 @@ def tokenize_chat(cfg: ChatTokenizeConfig) -> ChatTokenizeSummary:
     root = Path(cfg.media_root) if cfg.media_root else src.parent
     bundle = Bundle(cfg.model, device=cfg.device)
     layout = bundle.layout
-    available = set(layout.modalities)
+    available = set(bundle.input_modalities)
 
     def resolve(p: str) -> Path:
         q = Path(p.strip())
@@ -199,8 +199,11 @@ def tokenize_chat(cfg: ChatTokenizeConfig) -> ChatTokenizeSummary:
     failed: dict[tuple[str, str], str] = {}
     wanted = list(dict.fromkeys(r for refs in good.values() for r in refs))
     for modality in sorted({m for m, _ in wanted}):
-        tok = bundle.modality(modality)
         items = [r for r in wanted if r[0] == modality]
+        if modality == "video":
+            _encode_videos(bundle, items, resolve, segments, failed, cfg.batch_size)
+            continue
+        tok = bundle.modality(modality)
         bar = tqdm(total=len(items), desc=f"tokenize-chat {modality}", unit="file")
         for start in range(0, len(items), max(1, cfg.batch_size)):
             batch, media = [], []
@@ -248,6 +251,28 @@ def tokenize_chat(cfg: ChatTokenizeConfig) -> ChatTokenizeSummary:
     if not report.count:
         errors.unlink(missing_ok=True)
     return ChatTokenizeSummary(total, written, report.count, len(segments), dict(report.reasons))
+
+
+def _encode_videos(bundle, items, resolve, segments: dict, failed: dict, batch_size: int) -> None:
+    """Video placeholders -> segments (frames and soundtrack through the bundle's tokenizers)."""
+    from tqdm.auto import tqdm
+
+    from anygpt.modalities.base import ModalityError
+
+    bar = tqdm(total=len(items), desc="tokenize-chat video", unit="file")
+    for start in range(0, len(items), max(1, batch_size)):
+        batch = items[start : start + batch_size]
+        try:
+            segs = bundle.video.encode([resolve(p) for _, p in batch])
+            segments.update(zip(batch, segs, strict=True))
+        except ModalityError:  # one bad clip: find it, keep the others
+            for ref in batch:
+                try:
+                    segments[ref] = bundle.video.encode([resolve(ref[1])])[0]
+                except ModalityError as exc:
+                    failed[ref] = str(exc)
+        bar.update(len(batch))
+    bar.close()
 
 
 # ---------------------------------------------------------------------- command line

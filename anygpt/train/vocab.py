@@ -186,6 +186,7 @@ class ExtendVocabConfig:
     modality_files: str | None = None
     copy_modalities: bool = False
     sft_tags: bool = True
+    video: bool = False  # add the video tags <sovi> <eovi> (video input, frames as images)
     seed: int = 0
     cov_scale: float = 1.0
     max_context: int | None = None  # None: the model's max_position_embeddings (else 4096)
@@ -221,6 +222,10 @@ def extend_vocab(cfg: ExtendVocabConfig, overwrite: bool = False) -> tuple[Path,
         added = {t: int(i) for t, i in added}
     base = TextTokenizer(src / "tokenizer.model", {t: int(i) for t, i in added.items()})
     tokens = extended_vocabulary([entries[m][0].tokens for m in order], with_sft_tags=cfg.sft_tags)
+    if cfg.video:
+        from anygpt.modalities.video import VIDEO_TAGS
+
+        tokens += list(VIDEO_TAGS)
     tokenizer, new = extend_tokenizer(base, tokens)
 
     model = LlamaForCausalLM.from_pretrained(str(src), dtype="auto", local_files_only=True)
@@ -239,7 +244,12 @@ def extend_vocab(cfg: ExtendVocabConfig, overwrite: bool = False) -> tuple[Path,
             for m, (e, root) in entries.items()
         }
         context = cfg.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
-        BundleConfig(modalities=mods, name=out.name, max_context=int(context)).save(tmp)
+        BundleConfig(
+            modalities=mods,
+            name=out.name,
+            max_context=int(context),
+            video={"frames": 4} if cfg.video else {},
+        ).save(tmp)
         (tmp / "extend_vocab.json").write_text(
             json.dumps({**asdict(cfg), "added_tokens": len(new), "init": asdict(report)}, indent=2)
             + "\n"

@@ -10,6 +10,9 @@ Layout (paths in manifests are relative to their split folder, as ``anygpt token
     OUT/{split}/speech.jsonl     {"text": sentence, "speech": "speech/000001.wav", "voice": ...,
                                   "rate": wpm, "kind": sentence kind}
     OUT/{split}/music.jsonl      {"text": caption, "music": "music/000001.wav", "melody": {...}}
+    OUT/{split}/video.jsonl      {"text": caption, "video": "videos/000001.mp4", "motion": {...}}
+    OUT/{split}/background.jsonl {"speech": "background/000001.wav", "kind": chatter|noise name,
+                                  "text": what chatter says ("" for noise)}
     OUT/{split}/dialogues.jsonl  chat rows with {image:...}/{speech:...}/{music:...} placeholders
                                  (:mod:`anygpt.world.dialogues`; ``anygpt tokenize-chat``)
 
@@ -45,17 +48,22 @@ from pathlib import Path
 from anygpt.world import vocab
 from anygpt.world.dialogues import (
     KIND_WEIGHTS,
+    BackgroundItem,
     DialogueMaker,
     ImageItem,
     MusicItem,
     SpeechBank,
     SpeechJob,
+    VideoItem,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-DEFAULT_COUNTS = {"images": 12000, "speech": 8000, "music": 4000, "dialogues": 8000, "heldout": 300}
-TINY_COUNTS = {"images": 6, "speech": 5, "music": 3, "dialogues": 12, "heldout": 3}
+KINDS = ("images", "speech", "music", "videos", "background", "dialogues")
+DEFAULT_COUNTS = {"images": 12000, "speech": 8000, "music": 4000, "videos": 3000}
+DEFAULT_COUNTS |= {"background": 2000, "dialogues": 8000, "heldout": 300}
+TINY_COUNTS = {"images": 6, "speech": 5, "music": 3, "videos": 3, "background": 3}
+TINY_COUNTS |= {"dialogues": 12, "heldout": 3}
 
 # What the stand-alone utterances say.
 SPEECH_KIND_WEIGHTS = {
@@ -83,6 +91,8 @@ class WorldConfig:
     images: int = DEFAULT_COUNTS["images"]
     speech: int = DEFAULT_COUNTS["speech"]
     music: int = DEFAULT_COUNTS["music"]
+    videos: int = DEFAULT_COUNTS["videos"]
+    background: int = DEFAULT_COUNTS["background"]
     dialogues: int = DEFAULT_COUNTS["dialogues"]
     heldout: int = DEFAULT_COUNTS["heldout"]
     workers: int = 2
@@ -91,8 +101,8 @@ class WorldConfig:
 
     def counts(self, split: str) -> dict[str, int]:
         if split == "train":
-            return {k: getattr(self, k) for k in ("images", "speech", "music", "dialogues")}
-        return dict.fromkeys(("images", "speech", "music", "dialogues"), self.heldout)
+            return {k: getattr(self, k) for k in KINDS}
+        return dict.fromkeys(KINDS, self.heldout)
 
 
 @dataclass
@@ -142,6 +152,22 @@ def _music_job(job: tuple[dict, str]) -> int:
 
     melody, path = job
     wav = render(Melody.from_dict(melody))
+    _write_wav(path, wav)
+    return int(wav.shape[0])
+
+
+def _background_job(job: tuple[str, list[str], str, int, int, str]) -> int:
+    """Write one background sound: chatter (said), babble (two lines at once) or noise."""
+    from anygpt.world.clips import noise
+    from anygpt.world.speech import speak
+
+    kind, texts, voice, rate, seed, path = job
+    if kind == "chatter":
+        wav = speak(texts[0], voice, rate)
+    else:
+        said = [speak(t, voice, rate) * 0.5 for t in texts] if kind == "babble" else []
+        seconds = max([w.shape[0] / vocab.SPEECH_RATE for w in said] + [1.0 + (seed % 20) / 10])
+        wav = noise(kind, seconds, seed, said)
     _write_wav(path, wav)
     return int(wav.shape[0])
 
@@ -215,7 +241,7 @@ def build_split(
     from anygpt.world.speech import check_voice
 
     d = root / split
-    for sub in ("images", "speech", "music"):
+    for sub in ("images", "speech", "music", "videos", "background"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     voices, rates, answer_voice, answer_rate = split_voices(split)
     for v in voices:
@@ -248,6 +274,38 @@ def build_split(
     runner.map(_music_job, jobs, f"{split} music")
     _write_jsonl(d / "music.jsonl", music_rows)
 
+    # moving shapes
+    from anygpt.video import write_video
+    from anygpt.world import clips
+
+    rng = _rng(seed, split, "videos")
+    video_items, video_rows = [], []
+    for i in tqdm(
+        range(counts["videos"]), desc=f"{split} videos", unit="file", disable=not runner.progress
+    ):
+        m = clips.random_motion(rng)
+        rel = f"videos/{i + 1:06d}.mp4"
+        write_video(d / rel, clips.frames(m), clips.CLIP_FPS)
+        video_items.append(VideoItem(rel, m, clips.caption(m)))
+        video_rows.append({"text": clips.caption(m), "video": rel, "motion": m.to_dict()})
+    _write_jsonl(d / "video.jsonl", video_rows)
+
+    # background sounds: chatter said in the split's voices, or noise
+    rng = _rng(seed, split, "background")
+    background_items, background_jobs = [], []
+    for i in range(counts["background"]):
+        kind = "chatter" if rng.random() < 0.65 else rng.choice(clips.NOISES)
+        texts = [clips.chatter(rng) for _ in range({"chatter": 1, "babble": 2}.get(kind, 0))]
+        rel = f"background/{i + 1:06d}.wav"
+        voice, rate = rng.choice(voices), rng.choice(rates)
+        background_jobs.append((kind, texts, voice, rate, rng.randrange(2**31), str(d / rel)))
+        background_items.append(BackgroundItem(rel, kind, texts[0] if kind == "chatter" else ""))
+    runner.map(_background_job, background_jobs, f"{split} background")
+    _write_jsonl(
+        d / "background.jsonl",
+        [{"speech": b.path, "kind": b.kind, "text": b.text} for b in background_items],
+    )
+
     # stand-alone utterances, then the dialogues and the speech they need
     rng = _rng(seed, split, "speech")
     speech_jobs = []
@@ -264,7 +322,7 @@ def build_split(
         if not image_items or not music_items:
             raise WorldError("dialogues need at least one picture and one melody per split")
         rng = _rng(seed, split, "dialogues")
-        maker = DialogueMaker(image_items, music_items, bank)
+        maker = DialogueMaker(image_items, music_items, bank, video_items, background_items)
         for i in range(counts["dialogues"]):
             dialogue_rows.append(maker.make(i + 1, maker.random_kind(rng), rng, split))
     speech_jobs += bank.jobs
@@ -286,6 +344,8 @@ def build_split(
         "music": len(music_rows),
         "speech": counts["speech"],
         "dialogue_speech": len(bank.jobs),
+        "videos": len(video_rows),
+        "background": len(background_items),
         "dialogues": len(dialogue_rows),
     }
 
@@ -339,7 +399,7 @@ def _dir_bytes(path: Path) -> int:
 
 def build_world(cfg: WorldConfig) -> WorldSummary:
     """Generate the world described by ``cfg`` (see the module docstring)."""
-    for k in ("images", "speech", "music", "dialogues", "heldout"):
+    for k in (*KINDS, "heldout"):
         if getattr(cfg, k) < 0:
             raise WorldError(f"--{k} must be >= 0")
     out = Path(cfg.out)
@@ -424,7 +484,8 @@ def cmd_world(args: argparse.Namespace) -> int:
         raise WorldError(str(exc)) from exc
     parts = [
         f"{split}: {c['images']} images, {c['speech']}+{c['dialogue_speech']} speech, "
-        f"{c['music']} music, {c['dialogues']} dialogues"
+        f"{c['music']} music, {c['videos']} videos, {c['background']} background sounds, "
+        f"{c['dialogues']} dialogues"
         for split, c in s.counts.items()
     ]
     print(f"wrote world {s.out}: {'; '.join(parts)}; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f} s")
@@ -442,7 +503,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", help="folder to create (must be empty or absent)")
     p.add_argument("--seed", type=int, default=0)
-    for k in ("images", "speech", "music", "dialogues"):
+    for k in KINDS:
         p.add_argument(f"--{k}", type=int, help=f"{k} in train (default {DEFAULT_COUNTS[k]})")
     p.add_argument(
         "--heldout",

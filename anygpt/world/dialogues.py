@@ -38,16 +38,23 @@ from anygpt.train.tokenize_chat import placeholder
 from anygpt.world import text as wt
 
 KIND_WEIGHTS = {
-    "image_qa": 0.22,
-    "image_caption": 0.08,
-    "draw": 0.12,
-    "spoken_image_qa": 0.18,
-    "spoken_qa": 0.06,
-    "spoken_request": 0.04,
-    "music_request": 0.10,
-    "music_caption": 0.08,
-    "multi_turn": 0.12,
+    "image_qa": 0.16,
+    "image_caption": 0.06,
+    "draw": 0.09,
+    "spoken_image_qa": 0.14,
+    "spoken_qa": 0.05,
+    "spoken_request": 0.03,
+    "music_request": 0.08,
+    "music_caption": 0.06,
+    "multi_turn": 0.09,
+    "video_caption": 0.08,
+    "video_qa": 0.06,
+    "background": 0.07,
+    "background_image": 0.03,
 }
+# what each kind needs beyond pictures and melodies
+NEEDS = {"video_caption": "videos", "video_qa": "videos", "background": "background"}
+NEEDS["background_image"] = "background"
 
 
 @dataclass
@@ -64,6 +71,22 @@ class MusicItem:
     path: str
     melody: Any
     caption: str
+
+
+@dataclass
+class VideoItem:
+    path: str
+    motion: Any
+    caption: str
+
+
+@dataclass
+class BackgroundItem:
+    """A background sound: ``kind`` is ``chatter`` or a noise name; ``text`` what chatter says."""
+
+    path: str
+    kind: str
+    text: str
 
 
 @dataclass
@@ -124,19 +147,29 @@ def _turn(role: str, message: str) -> dict:
 class DialogueMaker:
     """Builds dialogue rows from a split's pictures and melodies (deterministic for an rng)."""
 
-    def __init__(self, images: list[ImageItem], music: list[MusicItem], bank: SpeechBank) -> None:
+    def __init__(
+        self,
+        images: list[ImageItem],
+        music: list[MusicItem],
+        bank: SpeechBank,
+        videos: list[VideoItem] | None = None,
+        background: list[BackgroundItem] | None = None,
+    ) -> None:
         if not images or not music:
             raise ValueError("dialogues need at least one picture and one melody")
         self.images = images
         self.music = music
         self.bank = bank
+        self.videos = videos or []
+        self.background = background or []
 
     def make(self, index: int, kind: str, rng: random.Random, split: str) -> dict:
         conv, turns = getattr(self, f"_{kind}")(rng)
         return {"id": f"{split}-{index:06d}", "kind": kind, "conversation": conv, "turns": turns}
 
     def random_kind(self, rng: random.Random) -> str:
-        kinds = list(KIND_WEIGHTS)
+        have = {"videos": bool(self.videos), "background": bool(self.background)}
+        kinds = [k for k in KIND_WEIGHTS if have.get(NEEDS.get(k, ""), True)]
         return rng.choices(kinds, weights=[KIND_WEIGHTS[k] for k in kinds])[0]
 
     # ------------------------------------------------------------------ single turn
@@ -223,6 +256,39 @@ class DialogueMaker:
         meta = {"kind": "spoken_request", "request": request, "caption": wt.phrase(item.caption)}
         meta |= {modality: item.path, "question_speech": q_path}
         return [_turn("user", msg), _turn("assistant", reply)], [meta]
+
+    # ------------------------------------------------------------------ video
+    def _video_caption(self, rng):
+        from anygpt.world.clips import DESCRIBE_VIDEO
+
+        item = rng.choice(self.videos)
+        prompt = rng.choice(DESCRIBE_VIDEO)
+        msg = interleaved_user_message(prompt, [placeholder("video", item.path)])
+        meta = {"kind": "video_caption", "video": item.path, "question": prompt}
+        meta |= {"answer": item.caption, "direction": item.motion.direction}
+        return [_turn("user", msg), _turn("assistant", item.caption)], [meta]
+
+    def _video_qa(self, rng):
+        from anygpt.world.clips import video_qa
+
+        item = rng.choice(self.videos)
+        question, answer = video_qa(item.motion, rng)
+        msg = interleaved_user_message(question, [placeholder("video", item.path)])
+        meta = {"kind": "video_qa", "video": item.path, "question": question, "answer": answer}
+        meta["direction"] = item.motion.direction
+        return [_turn("user", msg), _turn("assistant", answer)], [meta]
+
+    # ------------------------------------------------------------------ not addressed
+    def _background(self, rng, with_image: bool = False):
+        """Sound not addressed to the assistant: the reply is empty (it stays silent)."""
+        item = rng.choice(self.background)
+        images = [placeholder("image", rng.choice(self.images).path)] if with_image else []
+        msg = interleaved_user_message("", images, speech=[placeholder("speech", item.path)])
+        meta = {"kind": "background", "speech": item.path, "sound": item.kind, "answer": ""}
+        return [_turn("user", msg), _turn("assistant", "")], [meta]
+
+    def _background_image(self, rng):
+        return self._background(rng, with_image=True)
 
     # ------------------------------------------------------------------ multi-turn
     def _multi_turn(self, rng):
