@@ -98,9 +98,13 @@ def write_debug_bundle(
     seed: int = 0,
     hidden: int = 64,
     soundstorm: bool = True,
+    video: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write a tiny random bundle to ``out_dir`` (built in a temporary folder, then moved in place)."""
+    """Write a tiny random bundle to ``out_dir`` (built in a temporary folder, then moved in place).
+
+    ``video``: also add the video tags, so that the bundle reads video inputs.
+    """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -121,6 +125,10 @@ def write_debug_bundle(
         rank = {m: i for i, m in enumerate(DEFAULT_MODALITIES)}  # AnyGPT's order first
         order = sorted(entries, key=lambda m: rank.get(m, len(rank)))
         vocab = extended_vocabulary([entries[m].tokens for m in order])
+        if video:
+            from anygpt.modalities.video import VIDEO_TAGS
+
+            vocab += list(VIDEO_TAGS)
         _write_llm(tmp, vocab, gen, hidden)
         BundleConfig(modalities={m: entries[m] for m in order}, name="anygpt-debug").save(tmp)
         (tmp / "README.md").write_text(
