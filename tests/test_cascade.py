@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +155,46 @@ def test_the_nano_cascade_hears_words_of_the_nano_world():
     eng = anygpt.load(NANO, device="cpu", seed=0)
     heard = Cascade(eng).transcribe([str(NANO / "demo" / "question.wav")])
     assert heard == "how many objects are there"
+
+
+def test_the_server_streams_a_cascaded_reply_sentence_by_sentence(debug_bundle):
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from test_serve import Server, attr
+
+    s = Server(debug_bundle)  # end-to-end by default; the request asks for the cascade
+    try:
+        log: list = []
+        s.engine.generate_ids = scripted_reply(s.engine, "one two. three four. five", log)
+        kw = dict(
+            model=s.model_id,
+            messages=[{"role": "user", "content": "say something"}],
+            modalities=["text", "audio"],
+            extra_body={"speech_mode": "cascaded"},
+        )
+        whole = s.client.chat.completions.create(**kw, audio={"voice": "alloy", "format": "wav"})
+        msg = whole.choices[0].message
+        assert msg.content.startswith("one two.")
+        wave, rate = sf.read(io.BytesIO(base64.b64decode(msg.audio.data)))
+        assert rate == 16000 and wave.size > 0
+        assert msg.audio.transcript == msg.content
+
+        stream = s.client.chat.completions.create(
+            **kw, audio={"voice": "alloy", "format": "pcm16"}, stream=True
+        )
+        text, clips, transcript = "", [], None
+        for chunk in stream:
+            for ch in chunk.choices:
+                text += ch.delta.content or ""
+                a = ch.delta.audio
+                if a is not None and attr(a, "data"):
+                    clips.append(np.frombuffer(base64.b64decode(attr(a, "data")), dtype="<i2"))
+                elif a is not None:
+                    transcript = attr(a, "transcript")
+        assert len(clips) == 3 and all(c.size > 0 for c in clips)  # one delta per sentence
+        assert text.startswith("one two.") and transcript == text
+
+        with pytest.raises(openai.BadRequestError):
+            s.client.chat.completions.create(**{**kw, "extra_body": {"speech_mode": "both"}})
+    finally:
+        s.close()

@@ -123,13 +123,15 @@ class Cascade:
         on_text: OnText | None = None,
         on_audio: OnAudio | None = None,
         should_stop: Callable[[], bool] | None = None,
+        decoding: dict | None = None,
     ) -> CascadeResult:
         """One cascaded turn on ``session`` (whose engine must be :attr:`engine`).
 
         ``speak``: synthesise the reply (else text only, as a text turn after ASR).  ``on_audio``
         gets each sentence's waveform as soon as it is synthesised, while the reply is still
         being generated.  ``should_stop`` is polled each step (a true answer raises
-        ``RequestError('cancelled')``).  Errors become ``outcome.error``; the conversation
+        ``RequestError('cancelled')``).  ``decoding``: overrides of the reply's decoding config
+        (``max_new_tokens``, ``temperature``, ...).  Errors become ``outcome.error``; the conversation
         changes only when the turn succeeds.
         """
         result = CascadeResult(Outcome(req.text or "speech"))
@@ -138,6 +140,8 @@ class Cascade:
         try:
             text_req, result.transcript = self.text_request(req)
             turn = session.prepare(text_req)
+            if decoding:
+                turn.decoding = eng.fit([turn.prompt], turn.decoding.with_overrides(**decoding))
         except REQUEST_ERRORS as exc:
             result.outcome.error = str(exc)
             return result

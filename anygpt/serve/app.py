@@ -9,6 +9,8 @@ Non-standard parts, all readable by the official ``openai`` client (extra fields
   rate, 16 kHz for speech; streamed audio is raw 16-bit little-endian PCM at that rate).
 * ``audio.voice_prompt`` (chat) and ``voice_prompt`` (speech), base64 audio: speak in that voice.
   OpenAI's voice names are accepted and mean the model's default voice.
+* ``speech_mode``: ``"end-to-end"`` (the chat model speaks) or ``"cascaded"`` (ASR -> a text reply
+  -> TTS sentence by sentence, see :mod:`anygpt.serve.cascade`); default: ``serve --speech-mode``.
 """
 
 from __future__ import annotations
@@ -131,8 +133,17 @@ class ServerState:
     aliases: set[str] = field(default_factory=set)
 
 
-def create_app(engine, worker, limits: Limits, model_id: str):
-    """The app over ``engine`` with ``worker`` (a :class:`~anygpt.serve.worker.Generation`)."""
+def create_app(
+    engine, worker, limits: Limits, model_id: str, speech_mode: str = "end-to-end", cascade=None
+):
+    """The app over ``engine`` with ``worker`` (a :class:`~anygpt.serve.worker.Generation`).
+
+    ``cascade``: the :class:`~anygpt.runtime.cascade.Cascade` of cascaded spoken replies (default:
+    built on ``engine`` when it has speech).
+    """
+    from anygpt.serve.cascade import SPEECH_MODES, CascadeJob, make_cascade
+
+    cascade = cascade or make_cascade(engine)
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -331,7 +342,15 @@ def create_app(engine, worker, limits: Limits, model_id: str):
                 param="modalities",
             )
         target = next((REPLY_MODALITIES[m] for m in modalities if m != "text"), "")
-        if target and target not in engine.bundle.modality_names:
+        mode = body.get("speech_mode", speech_mode)
+        if mode not in SPEECH_MODES:
+            raise APIError(
+                400, f"speech_mode must be one of {', '.join(SPEECH_MODES)}", param="speech_mode"
+            )
+        cascaded = mode == "cascaded" and target == "speech"
+        if cascaded and cascade is None:
+            raise APIError(400, "no speech bundle for cascaded replies", param="speech_mode")
+        if target and target not in engine.bundle.modality_names and not cascaded:
             raise APIError(400, f"this model cannot reply with {target}", param="modalities")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
@@ -368,6 +387,14 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             "interleaved", last.text, target, voice, images=last.images, speech=last.speech
         )
         stream_speech = stream and target == "speech"
+        if cascaded:
+            if n != 1:
+                raise APIError(400, "cascaded replies have n = 1", param="n")
+            job = CascadeJob(messages[:-1], req, 1, overrides, seed, stream, stream_speech)
+            job.cascade = cascade
+            job.audio_format, job.target = fmt, target  # type: ignore[attr-defined]
+            job.completion_id = new_id("chatcmpl")  # type: ignore[attr-defined]
+            return job
         # whole-utterance decoding: every drawn modality, speech only when asked for and not streamed
         decode = set(engine.bundle.modality_names) - {"speech"}
         if target == "speech" and not stream:
@@ -437,6 +464,12 @@ def create_app(engine, worker, limits: Limits, model_id: str):
             "usage": usage(job, results),
         }
 
+    def audio_delta(audio_id: str, wave, sr: int) -> dict:
+        """A streamed audio delta: a waveform [S] as base64 16-bit PCM."""
+        data = base64.b64encode(encode_audio(wave.numpy(), sr, "pcm16")).decode()
+        return {"id": audio_id, "data": data, "expires_at": now() + 3600,
+                "transcript": "", "format": "pcm16", "sample_rate": sr}  # fmt: skip
+
     async def sse(job: ChatJob, request: Request, body: dict, close: Callable[[], None]):
         created = now()
         audio_ids = [new_id("audio") for _ in range(job.n)]
@@ -471,10 +504,10 @@ def create_app(engine, worker, limits: Limits, model_id: str):
                     for window, wave in pairs:
                         piece = speech_state.accept(window, wave)
                         sr = engine.bundle.modality("speech").sample_rate
-                        data = base64.b64encode(encode_audio(piece.numpy(), sr, "pcm16")).decode()
-                        audio = {"id": audio_ids[choice], "data": data, "expires_at": now() + 3600,
-                                 "transcript": "", "format": "pcm16", "sample_rate": sr}  # fmt: skip
-                        yield chunk(choice, {"audio": audio})
+                        yield chunk(choice, {"audio": audio_delta(audio_ids[choice], piece, sr)})
+                elif kind == "pcm":  # a cascaded reply's sentence: its whole waveform [S]
+                    _, choice, wave, sr = event
+                    yield chunk(choice, {"audio": audio_delta(audio_ids[choice], wave, sr)})
                 elif kind == "error":
                     err = as_api_error(event[1])
                     yield f"data: {json.dumps(err.body())}\n\n"
@@ -619,6 +652,10 @@ def create_app(engine, worker, limits: Limits, model_id: str):
                     else {"url": "data:image/png;base64," + b64}
                 )
             return {"created": now(), "data": data}
+
+    from anygpt.serve.realtime import mount_realtime
+
+    mount_realtime(app, state)  # /v1/realtime: the WebSocket of OpenAI's Realtime API
 
     if STATIC_DIR.is_dir() and any(STATIC_DIR.iterdir()):
         from fastapi.staticfiles import StaticFiles

@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long to wait for requests to batch with")  # fmt: skip
     p.add_argument("--media-root", default=None, help="folder file:// image URLs may read")
     p.add_argument("--stream-chunk", type=int, default=20, help="speech frames per streamed chunk")
+    p.add_argument(
+        "--speech-mode",
+        default="end-to-end",
+        choices=["end-to-end", "cascaded"],
+        help="spoken replies: the chat model speaks (end-to-end), or ASR -> text reply -> TTS "
+        "sentence by sentence (cascaded); a request's 'speech_mode' field overrides it",
+    )
+    p.add_argument("--asr-model", help="bundle doing the cascade's ASR (default: --model)")
+    p.add_argument("--tts-model", help="bundle doing the cascade's TTS (default: --model)")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(handler=main)
 
@@ -73,9 +82,18 @@ def build(args: argparse.Namespace):
     model_id = engine.bundle.config.name or engine.bundle.root.name
     from anygpt.serve.app import BodyLimit
 
-    return BodyLimit(
-        create_app(engine, worker, limits, model_id), limits.max_request_bytes
-    ), model_id
+    mode = getattr(args, "speech_mode", "end-to-end")
+    asr, tts = getattr(args, "asr_model", None), getattr(args, "tts_model", None)
+    cascade = None
+    if mode == "cascaded" or asr or tts:
+        from anygpt.runtime.cascade import Cascade
+
+        def stage(path):
+            return anygpt.load(path, device=args.device, dtype=args.dtype) if path else None
+
+        cascade = Cascade(engine, asr=stage(asr), tts=stage(tts))
+    app = create_app(engine, worker, limits, model_id, mode, cascade)
+    return BodyLimit(app, limits.max_request_bytes), model_id
 
 
 def check_port(host: str, port: int) -> None:

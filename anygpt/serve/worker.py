@@ -298,9 +298,13 @@ class BatchingWorker:
         """One round of the loop: run the base jobs, prepare and queue the chat jobs, and take
         one scheduler step."""
         base = [j for j in jobs if isinstance(j, BaseJob)]
-        chats = [j for j in jobs if isinstance(j, ChatJob)]
+        # a job that runs itself (a cascaded spoken reply, anygpt/serve/cascade.py) runs whole here
+        own = [j for j in jobs if getattr(j, "runs_itself", False)]
+        chats = [j for j in jobs if isinstance(j, ChatJob) and not getattr(j, "runs_itself", False)]
         if base:
             self._guard(base, self._run_base)
+        for j in own:
+            self._guard([j], lambda js: js[0].run_here())
         encoded = self._encode_together(chats)
         ready = [j for j in chats if self._prepare(j, encoded)]
         later = []
