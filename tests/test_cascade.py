@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,27 @@ def test_the_server_streams_a_cascaded_reply_sentence_by_sentence(debug_bundle):
             s.client.chat.completions.create(**{**kw, "extra_body": {"speech_mode": "both"}})
     finally:
         s.close()
+
+
+def test_chat_cascade_command_speaks_the_nano_answer(tmp_path, capsys):
+    from anygpt.cli import main
+
+    demo = NANO / "demo"
+    line = f"interleaved||speech||{demo / 'picture.png'}|{demo / 'question.wav'}"
+    argv = ["chat", "--cascade", "--seed", "0", "--json", "--output-dir", str(tmp_path)]
+    assert main([*argv, "--model", str(NANO), line]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["notes"][0] == "heard: how many objects are there"
+    assert out["text"].startswith("there")  # an answer about objects, in words
+    assert len(out["files"]) == 1 and out["files"][0].endswith(".wav")
+
+
+def test_chat_cascade_refuses_a_tts_bundle_without_speech(debug_bundle, tmp_path, capsys):
+    from anygpt.cli import main
+    from anygpt.debug_bundle import write_debug_bundle
+
+    no_speech = write_debug_bundle(tmp_path / "b", seed=0, modalities=("image",))
+    argv = ["chat", "--model", str(debug_bundle), "--cascade", "--tts-model", str(no_speech)]
+    assert main([*argv, "--output-dir", str(tmp_path / "o"), "hello"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no speech modality" in err
