@@ -64,7 +64,7 @@ CORPUS=$WORK/corpus.txt
 [ -f "$CORPUS" ] || .venv/bin/python -m anygpt.world.corpus "$W/train" "$CORPUS"
 [ -f "$WORK/llm0/config.json" ] || $A init-llm "$WORK/llm0" --corpus "$CORPUS" $LLM_ARGS
 [ -f "$WORK/bundle0/bundle.json" ] || $A extend-vocab "$WORK/llm0" "$WORK/bundle0" \
-  --modalities image,speech,music --modality-files "$T/bundle" --copy-modalities
+  --modalities image,speech,music --modality-files "$T/bundle" --copy-modalities --video
 
 step "tokenize the world"
 D=$WORK/data
