@@ -162,3 +162,33 @@ def test_tokenize_chat_replaces_video_placeholders(video_bundle, clip, tmp_path)
     assert (s.written, s.skipped) == (1, 1)
     msg = json.loads(out.read_text())["conversation"][0]["message"]
     assert msg.startswith("<sovi><soim>") and msg.endswith("<eovi> what moves")
+
+
+def test_the_server_reads_video_url_parts(video_bundle, clip):
+    """``video_url`` content parts through the official client; unreadable clips are a 400."""
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    import base64
+
+    from test_serve import Server
+
+    server = Server(video_bundle, max_request_mb=2.0)
+    try:
+        url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+        content = [{"type": "text", "text": "what moves"},
+                   {"type": "video_url", "video_url": {"url": url}}]  # fmt: skip
+        r = server.client.chat.completions.create(
+            model=server.model_id, messages=[{"role": "user", "content": content}], max_tokens=3
+        )
+        assert r.choices[0].message.role == "assistant"
+        assert r.usage.prompt_tokens > 4 * 34  # four frames of 32 codes and their tags
+        bad = [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}]
+        import openai
+
+        with pytest.raises(openai.BadRequestError) as err:
+            server.client.chat.completions.create(
+                model=server.model_id, messages=[{"role": "user", "content": bad}], max_tokens=3
+            )
+        assert "video" in str(err.value)
+    finally:
+        server.close()

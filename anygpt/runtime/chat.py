@@ -15,6 +15,7 @@ from anygpt.modalities.base import ModalityError
 from anygpt.prompts import TASK_PROMPTS, Conversation, interleaved_user_message
 from anygpt.runtime.engine import Engine, Outcome
 from anygpt.runtime.requests import REQUEST_ERRORS, ChatRequest, RequestError, parse_chat_line
+from anygpt.video import VIDEO_SUFFIXES
 
 
 class ChatSession:
@@ -39,13 +40,16 @@ class ChatSession:
 
     def user_message(self, req: ChatRequest) -> str:
         eng = self.engine
-        images = eng.encode_media("image", req.images) if req.images else []
+        # video files among the pictures are videos (as the chat line's parser sorts them)
+        videos = req.videos + [f for f in req.images if f.lower().endswith(VIDEO_SUFFIXES)]
+        pictures = [f for f in req.images if not f.lower().endswith(VIDEO_SUFFIXES)]
+        images = eng.encode_media("image", pictures) if pictures else []
         music = (
             eng.encode_media("music", req.music, window_s=self.music_window_s) if req.music else []
         )
         speech = eng.encode_media("speech", req.speech) if req.speech else []
         # a clip stands where a picture would: media first, videos before pictures
-        images = (eng.encode_media("video", req.videos) if req.videos else []) + images
+        images = (eng.encode_media("video", videos) if videos else []) + images
         if req.task == "interleaved" or req.task not in TASK_PROMPTS:
             return interleaved_user_message(req.text, images, music, speech)
         values: dict[str, str] = defaultdict(

@@ -26,6 +26,9 @@ IMAGE_MIME = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "i
 IMAGE_MIME.update({"image/gif": ".gif", "image/bmp": ".bmp"})
 
 
+VIDEO_MIME = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov"}
+VIDEO_MIME.update({"video/x-matroska": ".mkv", "video/x-msvideo": ".avi", "video/mpeg": ".mpg"})
+
 TEMP_PREFIX = "anygpt-serve-"
 
 
@@ -208,13 +211,57 @@ def image_input(part: dict, limits: Limits, files: TempFiles, param: str) -> str
     )
 
 
+def video_input(part: dict, limits: Limits, files: TempFiles, param: str) -> str:
+    """A ``video_url`` content part (base64 data URL, or file URL under ``media_root``) -> a path.
+
+    The clip is probed here (container and video stream), so an unreadable one is a 400 before
+    any work; only its sampled frames are decoded later.
+    """
+    from anygpt.video import VIDEO_SUFFIXES, VideoError, probe_video
+
+    spec = part.get("video_url")
+    url = spec.get("url") if isinstance(spec, dict) else spec
+    if not isinstance(url, str) or not url:
+        raise APIError(400, f"{param}.video_url.url must be a string", param=param)
+    if url.startswith("data:"):
+        head, _, payload = url.partition(",")
+        mime = head[5:].split(";")[0].lower()
+        if ";base64" not in head:
+            raise APIError(400, f"{param}: only base64 data URLs are supported", param=param)
+        path = files.write(b64decode(payload, f"{param}.video_url"), VIDEO_MIME.get(mime, ".mp4"))
+    elif urlparse(url).scheme == "file":
+        if limits.media_root is None:
+            raise APIError(
+                400,
+                f"{param}: file URLs are disabled (start the server with --media-root DIR)",
+                param=param,
+            )
+        resolved = Path(unquote(urlparse(url).path)).resolve()
+        if limits.media_root.resolve() not in resolved.parents:
+            raise APIError(400, f"{param}: {resolved} is outside the media root", param=param)
+        if not resolved.is_file() or not resolved.name.lower().endswith(VIDEO_SUFFIXES):
+            raise APIError(400, f"{param}: no such video file {resolved}", param=param)
+        path = str(resolved)
+    else:
+        raise APIError(
+            400,
+            f"{param}: video URLs must be data: or file: URLs (nothing is downloaded)",
+            param=param,
+        )
+    try:
+        probe_video(path)
+    except VideoError as exc:
+        raise APIError(400, f"{param}: {scrub(str(exc))}", param=param) from None
+    return path
+
+
 @dataclass
 class ChatMessage:
     """One OpenAI message, its media as temporary file paths."""
 
     role: str
     text: str
-    images: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # pictures and videos (told by suffix)
     speech: list[str] = field(default_factory=list)
 
 
@@ -251,6 +298,8 @@ def parse_messages(messages: Any, limits: Limits, files: TempFiles) -> list[Chat
                     msg.speech.append(audio_input(part, limits, files, p))
                 elif kind == "image_url" and role == "user":
                     msg.images.append(image_input(part, limits, files, p))
+                elif kind == "video_url" and role == "user":
+                    msg.images.append(video_input(part, limits, files, p))
                 else:
                     raise APIError(
                         400, f"{p}: content part type '{kind}' is not supported", param=p
