@@ -223,3 +223,49 @@ def test_chat_cascade_refuses_a_tts_bundle_without_speech(debug_bundle, tmp_path
     assert main([*argv, "--output-dir", str(tmp_path / "o"), "hello"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no speech modality" in err
+
+
+def test_a_server_whose_llm_has_no_speech_speaks_through_another_bundle(
+    debug_bundle, tmp_path, monkeypatch
+):
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from test_serve import Server, b64, wav_bytes
+
+    from anygpt.debug_bundle import write_debug_bundle
+
+    no_speech = write_debug_bundle(tmp_path / "text", seed=0, modalities=("image",))
+    heard_by = []
+    real = Cascade.transcribe
+
+    def transcribe(self, paths):
+        heard_by.append(self.asr.bundle.root)
+        return real(self, paths) or "what is this"  # the random ASR may hear nothing
+
+    monkeypatch.setattr(Cascade, "transcribe", transcribe)
+    s = Server(
+        no_speech, speech_mode="cascaded", asr_model=str(debug_bundle), tts_model=str(debug_bundle)
+    )
+    try:
+        s.engine.generate_ids = scripted_reply(s.engine, "one. two", [])
+        audio_part = {"type": "input_audio", "input_audio": {"data": b64(wav_bytes(0.5))}}
+        kw = dict(
+            model=s.model_id,
+            messages=[{"role": "user", "content": [audio_part]}],
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"},
+        )
+        msg = s.client.chat.completions.create(**kw).choices[0].message
+        assert [Path(r).resolve() for r in heard_by] == [debug_bundle.resolve()]  # its ASR
+        assert msg.content == "one. two"
+        wave, rate = sf.read(io.BytesIO(base64.b64decode(msg.audio.data)))
+        assert rate == 16000 and wave.size > 0
+
+        monkeypatch.setattr(Cascade, "transcribe", lambda self, paths: "")
+        with pytest.raises(openai.BadRequestError, match="no words were recognised"):
+            s.client.chat.completions.create(**kw)
+        # the end-to-end mode cannot speak with this bundle: a clear 400 too
+        with pytest.raises(openai.BadRequestError, match="cannot reply with speech"):
+            s.client.chat.completions.create(**kw, extra_body={"speech_mode": "end-to-end"})
+    finally:
+        s.close()
