@@ -92,6 +92,7 @@ def test_stages_run_in_order_and_audio_streams_per_sentence(engine, wav):
     total = sum(n for _, n, _ in audio)
     assert result.outcome.media[0].data.shape[-1] == total
     assert result.transcript == "what is this"
+    assert result.turn.decoding.num_beams == 1  # the debug chat config's 5 beams cannot stream
     assert result.outcome.text.startswith("one two.")
 
 

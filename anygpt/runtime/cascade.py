@@ -142,6 +142,10 @@ class Cascade:
             turn = session.prepare(text_req)
             if decoding:
                 turn.decoding = eng.fit([turn.prompt], turn.decoding.with_overrides(**decoding))
+            if speak and turn.decoding.num_beams > 1:
+                # sentences are spoken while the reply is written; a beam search's reply is
+                # known only at its end
+                turn.decoding = turn.decoding.with_overrides(num_beams=1)
         except REQUEST_ERRORS as exc:
             result.outcome.error = str(exc)
             return result
