@@ -107,6 +107,27 @@ def test_an_empty_reply_speaks_nothing(engine, wav):
     assert not [e for e in log if e.startswith("tts:")]
 
 
+def test_a_sentence_tts_cannot_speak_is_noted_and_the_rest_is_spoken(engine, wav):
+    from anygpt.runtime.requests import RequestError
+
+    cascade = Cascade(engine)
+    spy_stages(cascade, [])
+    real = cascade.speak
+
+    def speak(sentence, voice):
+        if sentence.startswith("three"):
+            raise RequestError("speaking 'three four.': no speech")
+        return real(sentence, voice)
+
+    cascade.speak = speak
+    engine.generate_ids = scripted_reply(engine, "one two. three four. five", [])
+    result = cascade.turn(engine.chat(), parse_chat_line(f"interleaved||speech|||{wav}"))
+    assert result.outcome.ok and result.outcome.text.startswith("one two. three four.")
+    assert result.sentences == ["one two.", result.outcome.text.split(". ")[-1]]
+    assert "not spoken: speaking 'three four.': no speech" in result.outcome.notes
+    assert result.outcome.media
+
+
 def test_speech_with_no_words_is_a_clear_error_and_keeps_the_history(engine, wav):
     cascade = Cascade(engine)
     spy_stages(cascade, [], heard="")

@@ -58,7 +58,8 @@ def plain_text(text: str) -> str:
 
 @dataclass
 class CascadeResult:
-    """What a cascaded turn made: the outcome (text, one waveform of all sentences) and timings."""
+    """What a cascaded turn made: the outcome (text, one waveform [S] of all sentences), the words
+    heard, the sentences spoken and the reply's ids."""
 
     outcome: Outcome
     transcript: str = ""
@@ -151,13 +152,17 @@ class Cascade:
             return result
         result.turn = turn
         pieces: list[torch.Tensor] = []
-        rate = 0
+        rate, reply, unspoken = 0, "", []
         state = {"said": "", "rest_from": 0}
 
         def say(sentences: list[str]) -> None:
             nonlocal rate
             for s in sentences:
-                media = self.speak(s, voice)
+                try:
+                    media = self.speak(s, voice)
+                except REQUEST_ERRORS as exc:  # the text stands; say which sentence is silent
+                    unspoken.append(f"not spoken: {exc}")
+                    continue
                 wave = torch.as_tensor(media.numpy()).reshape(-1).float()
                 rate = media.sample_rate or rate
                 pieces.append(wave)
@@ -202,6 +207,7 @@ class Cascade:
             return result
         if pieces:
             outcome.media = [Media("speech", torch.cat(pieces), rate, ".wav", reply or "reply")]
+        outcome.notes += unspoken
         if result.transcript:
             outcome.notes.insert(0, f"heard: {result.transcript}")
         outcome.request = result.outcome.request
