@@ -294,7 +294,7 @@ def eval_awake(engine, split: Path, limit: int | None) -> tuple[Score, Score]:
     sounds = read_rows(split / "background.jsonl", limit)
     silent, by_kind = 0, {}
     for r in sounds:
-        o = engine.chat().turn(f"interleaved||||||{split / r['speech']}")
+        o = engine.chat().turn(f"interleaved|||||{split / r['speech']}")
         quiet = o.ok and not (o.text or "").strip() and not o.media
         silent += int(quiet)
         k = "chatter" if r["kind"] == "chatter" else "noise"
