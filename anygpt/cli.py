@@ -150,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_model_args(c, "infer_output/chat")
     c.add_argument("--voice", help="voice prompt wav for spoken replies (default: a random voice)")
+    li = c.add_argument_group(
+        "listening (spoken turns found by a VAD; speaking interrupts a reply)"
+    )
+    li.add_argument("--listen", metavar="WAV|mic", help="a wav played as a live stream, or 'mic'")
+    li.add_argument("--listen-speed", type=float, default=1.0,
+                    help="stream seconds per second (1: real time; 0: as fast as possible)")  # fmt: skip
+    li.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability")
+    li.add_argument(
+        "--min-speech-ms", type=float, default=250.0, help="shortest speech that counts"
+    )
+    li.add_argument("--min-silence-ms", type=float, default=500.0, help="silence that ends a turn")
     k = c.add_argument_group("cascaded speech (ASR -> text reply -> TTS)")
     k.add_argument(
         "--cascade",
@@ -485,6 +496,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     engine.max_input_seconds = args.max_seconds
     session = ChatSession(engine, voice=args.voice)
     cascade = _cascade(args, engine) if args.cascade else None
+    if args.listen:
+        return _listen(args, session, sink)
 
     def handle(lines: list[str]) -> list[Outcome]:
         out = []
@@ -515,6 +528,31 @@ def cmd_chat(args: argparse.Namespace) -> int:
             _print_outcome(o, sink, args.json)
             ok &= o.ok
     return 0 if ok else EXIT_ERROR
+
+
+def _listen(args: argparse.Namespace, session, sink) -> int:
+    """``chat --listen``: turns from a wav stream or the microphone, replies interruptible."""
+    import json
+
+    from anygpt.runtime.listen import listen, mic_chunks, wav_chunks
+    from anygpt.runtime.vad import StreamingVAD
+
+    try:
+        if args.listen == "mic":
+            chunks = mic_chunks()
+        else:
+            check_voice_file(args.listen, "--listen")
+            chunks = wav_chunks(args.listen)
+        vad = StreamingVAD(threshold=args.vad_threshold, min_speech_ms=args.min_speech_ms,
+                           min_silence_ms=args.min_silence_ms,
+                           max_utterance_s=args.max_seconds or 20.0)  # fmt: skip
+        events = listen(session, chunks, vad=vad, speed=max(args.listen_speed, 0.0), sink=sink)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"error: {clip_message(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(events))
+    return 1 if any(e["kind"] == "error" for e in events) else 0
 
 
 def _cascade(args: argparse.Namespace, engine):

@@ -33,6 +33,7 @@ import soundfile as sf
 import soxr
 from fastapi import WebSocket  # at module level: FastAPI resolves the handler's annotation here
 
+from anygpt.runtime.listen import truncated_history
 from anygpt.runtime.requests import ChatRequest
 from anygpt.runtime.vad import SAMPLE_RATE, StreamingVAD
 from anygpt.serve.protocol import ChatMessage, TempFiles, new_id
@@ -590,21 +591,6 @@ def resp_tokens(resp: Response) -> list[int]:
     if job.results and job.results[0] is not None:
         return job.prefix + list(job.results[0][1])
     return list(job.prefix) if resp.item is not None else []
-
-
-def truncated_history(engine, ids: list[int], frames: int) -> str:
-    """The history text of a reply cut after ``frames`` speech frames: the text before its speech
-    span and the span's first ``frames`` frames, closed with its end tag ("" if nothing is left)."""
-    lay = engine.layout
-    span = next((s for s in lay.find_segments(ids) if s.modality == "speech"), None)
-    if span is None:
-        return lay.tokenizer.decode(ids).strip()
-    before = lay.tokenizer.decode(ids[: span.start]).strip()
-    codes = lay.codes_from_ids("speech", span.body).codes  # [K, T]
-    frames = max(0, min(frames, int(codes.shape[1])))
-    if frames == 0:
-        return before
-    return (before + " " + lay.segment_text("speech", codes[:, :frames])).strip()
 
 
 HANDLERS = {
