@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--listen", metavar="WAV|mic", help="a wav played as a live stream, or 'mic'")
     li.add_argument("--listen-speed", type=float, default=1.0,
                     help="stream seconds per second (1: real time; 0: as fast as possible)")  # fmt: skip
+    li.add_argument("--vad", choices=("silero", "energy"), default="silero",
+                    help="voice activity detector (energy: a level detector, no extra package)")  # fmt: skip
     li.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability")
     li.add_argument(
         "--min-speech-ms", type=float, default=250.0, help="shortest speech that counts"
@@ -545,8 +547,10 @@ def _listen(args: argparse.Namespace, session, sink) -> int:
             chunks = wav_chunks(args.listen)
         vad = StreamingVAD(threshold=args.vad_threshold, min_speech_ms=args.min_speech_ms,
                            min_silence_ms=args.min_silence_ms,
-                           max_utterance_s=args.max_seconds or 20.0)  # fmt: skip
-        events = listen(session, chunks, vad=vad, speed=max(args.listen_speed, 0.0), sink=sink)
+                           max_utterance_s=args.max_seconds or 20.0, detector=args.vad)  # fmt: skip
+        out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
+        events = listen(session, chunks, vad=vad, speed=max(args.listen_speed, 0.0), sink=sink,
+                        report=lambda t, msg: print(f"[{t:7.2f}s] {msg}", file=out, flush=True))  # fmt: skip
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"error: {clip_message(str(exc))}", file=sys.stderr)
         return EXIT_ERROR

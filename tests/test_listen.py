@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,21 @@ def test_command_line_errors_are_one_line(tmp_path):
             continue  # a machine with a microphone
         assert p.returncode == 1 and "Traceback" not in p.stderr
         assert p.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_command_line_turns_with_the_energy_detector(tmp_path):
+    q = question()
+    stream = tmp_path / "stream.wav"
+    sf.write(stream, np.concatenate([silence(0.5), q, silence(1.5)]), SR)
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, "-m", "anygpt", "chat", "--listen", str(stream), "--listen-speed", "0",
+         "--vad", "energy", "--json", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    events = json.loads(p.stdout)  # the events alone: the progress lines go to stderr
+    kinds = [e["kind"] for e in events]
+    assert kinds[:2] == ["speech_started", "speech_stopped"] and "reply" in kinds
+    (reply,) = [e for e in events if e["kind"] == "reply"]
+    assert [Path(f).parent for f in reply["files"]] == [out]

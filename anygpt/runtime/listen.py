@@ -5,8 +5,9 @@ The stream (a wav file played as if live, or a microphone) is fed to
 utterance becomes a speech turn; its reply "plays" in stream time from the moment it is ready for
 as long as its speech lasts.  If the user starts speaking while it plays, the reply stops at that
 point: the history keeps the reply's text and only the speech frames already played, the span
-closed (:func:`truncated_history`), and the new utterance is answered next.  Every event is
-reported with its stream time in seconds.
+closed (:func:`truncated_history`), and the new utterance is answered next (a reply the user
+spoke over before it began to play keeps none of its speech).  Every event is reported with its
+stream time in seconds.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ def listen(
             if ev.kind == "speech_started":
                 speaking_from = at
                 note(ev.time, "speech_started", "speech started")
-                if playing is not None and now >= playing.start:
-                    played = int((now - playing.start) * playing.frame_rate)
+                if playing is not None:
+                    # a reply not yet playing (the user spoke while it was computed) is dropped
+                    played = int(max(0.0, now - playing.start) * playing.frame_rate)
                     session.conversation.messages[-1] = (
                         "assistant",
                         truncated_history(eng, playing.ids, played),
@@ -179,6 +181,9 @@ def listen(
         note(ev.time, "speech_stopped", "stream ended")
     if playing is not None:
         note(playing.end, "reply_finished", f"reply {playing.turn} finished")
+    count = {k: sum(e["kind"] == k for e in events) for k in ("reply", "interrupted", "error")}
+    report(fed / SAMPLE_RATE, f"stream ended: {turns} turns, {count['reply']} replies, "
+           f"{count['interrupted']} interrupted, {count['error']} errors")  # fmt: skip
     return events
 
 
