@@ -35,6 +35,7 @@ import torch
 from anygpt.checkpoint import CheckpointError
 from anygpt.config import DecodingConfig, load_decoding
 from anygpt.layout import ANYGPT_DEFINITIONS, ModalityTokens, TokenLayout, tokenizer_definition
+from anygpt.memory import OffloadedModality, check_quantize, quantize_llm, quiet_torchao
 from anygpt.modalities import registry
 from anygpt.modalities.base import ModalityError, ModalityTokenizer
 from anygpt.modalities.registry import ModalityEntry
@@ -181,6 +182,10 @@ class Bundle:
         root: the bundle folder (or a plain LLM folder, see :func:`upstream_layout`).
         device: where models run (``cpu``, ``cuda``, ``cuda:1``; ``auto`` picks CUDA when present).
         dtype: LLM dtype (``auto``: bf16 on CUDA, fp32 on CPU).
+        quantize: ``none``, or ``int8``: the LLM's linear layers (``lm_head`` included) get int8
+            weight-only weights right after loading (needs torchao; see :mod:`anygpt.memory`).
+        offload: a device (``cpu``) where the modality tokenizers' models wait while idle; they
+            visit ``device`` only for an encode or decode.  ``None``: they stay on ``device``.
     """
 
     def __init__(
@@ -190,12 +195,16 @@ class Bundle:
         device: str = "auto",
         dtype: str = "auto",
         config: BundleConfig | None = None,
+        quantize: str = "none",
+        offload: str | None = None,
     ) -> None:
         self.root = Path(root)
         if config is None:
             config = self.read_config(self.root)
         self.config = config
         self.device = resolve_device(device)
+        self.quantize = check_quantize(quantize)
+        self.offload = resolve_device(offload) if offload else None
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)
@@ -290,14 +299,16 @@ class Bundle:
     @property
     def llm(self) -> Any:
         if self._llm is None:
-            from transformers import LlamaForCausalLM
+            with quiet_torchao():  # transformers imports torchao, when installed, with its models
+                from transformers import LlamaForCausalLM
 
             if not (self.llm_dir / "config.json").is_file():
                 raise CheckpointError(f"LLM folder '{self.llm_dir}' has no config.json")
             try:
-                model = LlamaForCausalLM.from_pretrained(
-                    str(self.llm_dir), dtype=self.dtype, local_files_only=True
-                )
+                with quiet_torchao():
+                    model = LlamaForCausalLM.from_pretrained(
+                        str(self.llm_dir), dtype=self.dtype, local_files_only=True
+                    )
             except (OSError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(llm_load_failure(self.llm_dir, exc)) from exc
             rows = model.get_input_embeddings().weight.shape[0]
@@ -305,6 +316,10 @@ class Bundle:
                 raise CheckpointError(
                     f"the LLM has {rows} embedding rows but its tokenizer has {self.tokenizer.vocab_size} tokens"
                 )
+            if self.quantize == "int8":
+                # layer by layer onto the device as each is quantized: a GPU never holds the
+                # full-precision model
+                quantize_llm(model, self.device)
             self._llm = model.to(self.device).eval()
         return self._llm
 
@@ -320,7 +335,10 @@ class Bundle:
                 raise ModalityError(
                     f"this model has no '{name}' modality (it has: {', '.join(self.config.modalities) or 'none'})"
                 )
-            self._modalities[name] = make_modality(name, self.config.modalities[name], self)
+            adapter = make_modality(name, self.config.modalities[name], self)
+            if self.offload is not None:
+                adapter = OffloadedModality(adapter, self.offload)
+            self._modalities[name] = adapter
         adapter = self._modalities[name]
         if checked and name not in self._checked:
             registry.check_declared(adapter, self.config.modalities[name], name)
