@@ -24,10 +24,16 @@ def load(
     device: str = "auto",
     dtype: str = "auto",
     seed: int | None = None,
+    quantize: str = "none",
+    offload: str | None = None,
     **engine_options: Any,
 ):
     """An :class:`~anygpt.runtime.engine.Engine` over a bundle (default: ``$ANYGPT_MODEL`` or the
     shipped ``models/anygpt-nano``).  Models load lazily, on the first request that needs them.
+
+    ``quantize="int8"``: int8 weight-only LLM linear layers (needs torchao); ``offload="cpu"``:
+    the modality tokenizers' models wait on the CPU between encodes and decodes (see
+    :class:`~anygpt.bundle.Bundle`).
 
     ``engine_options``: ``batch_size``, ``max_new_tokens``, ``instruction``, ``on_token``.
     """
@@ -35,5 +41,11 @@ def load(
     from anygpt.paths import default_model
     from anygpt.runtime.engine import Engine
 
-    bundle = Bundle(Path(model) if model else default_model(), device=device, dtype=dtype)
+    bundle = Bundle(
+        Path(model) if model else default_model(),
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        offload=offload,
+    )
     return Engine(bundle, seed=seed, **engine_options)

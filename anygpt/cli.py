@@ -80,6 +80,7 @@ def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="LLM precision (auto: bf16 on GPU, fp32 on CPU)",
     )
+    add_memory_flags(g)
     r = p.add_argument_group("run")
     r.add_argument("prompts", nargs="*", help="one-shot prompts; none = interactive")
     r.add_argument("--batch", metavar="FILE", help="file with one prompt per line ('-' = stdin)")
@@ -112,6 +113,37 @@ def _common_model_args(p: argparse.ArgumentParser, default_out: str) -> None:
         help="print one JSON object per request (request, text, files, notes, error) on stdout",
     )
     r.add_argument("-v", "--verbose", action="store_true", help="log loading and timing")
+
+
+def add_memory_flags(group) -> None:
+    """``--quantize`` and ``--offload-modalities``: the memory options of :class:`Bundle`."""
+    from anygpt.memory import QUANTIZE_MODES
+
+    group.add_argument(
+        "--quantize",
+        default="none",
+        choices=QUANTIZE_MODES,
+        help="int8: int8 weight-only LLM linear layers (needs torchao; default none)",
+    )
+    group.add_argument(
+        "--offload-modalities",
+        action="store_const",
+        const="cpu",
+        default=None,
+        dest="offload",
+        help="keep the image/speech/music tokenizers' models on the CPU while idle; they move "
+        "to --device only for an encode or decode",
+    )
+
+
+def bundle_options(args: argparse.Namespace) -> dict:
+    """The Bundle keyword arguments that the model flags set."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "quantize": getattr(args, "quantize", "none"),
+        "offload": getattr(args, "offload", None),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +278,7 @@ def _load_bundle(args: argparse.Namespace):
     from anygpt.debug_bundle import ensure_default_model
 
     root = Path(args.model) if args.model else ensure_default_model()
-    bundle = Bundle(root, device=args.device, dtype=args.dtype)
+    bundle = Bundle(root, **bundle_options(args))
     apply_file_overrides(bundle, file_overrides(args))
     return bundle
 
@@ -570,7 +602,7 @@ def _cascade(args: argparse.Namespace, engine):
             return None
         if not Path(path).is_dir():
             raise CommandError(f"{path} is not a bundle folder")
-        return Engine(Bundle(Path(path), device=args.device, dtype=args.dtype), seed=args.seed)
+        return Engine(Bundle(Path(path), **bundle_options(args)), seed=args.seed)
 
     try:
         return Cascade(engine, asr=stage(args.asr_model), tts=stage(args.tts_model))

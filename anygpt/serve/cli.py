@@ -18,12 +18,15 @@ def port_number(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from anygpt.cli import add_memory_flags
+
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, speech, images)")
     p.add_argument("--model", default=None, help="bundle folder (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    add_memory_flags(p)
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the engine (requests may set one)"
     )
@@ -55,12 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build(args: argparse.Namespace):
     """(app, model id) from parsed arguments; loads the bundle's text side and LLM up front."""
     import anygpt
+    from anygpt.cli import bundle_options
     from anygpt.serve.app import create_app
     from anygpt.serve.backend import make_backend
     from anygpt.serve.protocol import Limits
     from anygpt.serve.worker import BatchingWorker
 
-    engine = anygpt.load(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    if args.backend != "transformers" and bundle_options(args)["quantize"] != "none":
+        raise ValueError(f"--quantize applies to the transformers backend, not {args.backend}")
+    engine = anygpt.load(args.model, seed=args.seed, **bundle_options(args))
     engine.bundle.llm  # noqa: B018 - fail now, not on the first request, when the LLM is broken
     if args.backend != "transformers":
         engine.backend = make_backend(args.backend, engine.bundle)
@@ -89,7 +95,7 @@ def build(args: argparse.Namespace):
         from anygpt.runtime.cascade import Cascade
 
         def stage(path):
-            return anygpt.load(path, device=args.device, dtype=args.dtype) if path else None
+            return anygpt.load(path, **bundle_options(args)) if path else None
 
         cascade = Cascade(engine, asr=stage(asr), tts=stage(tts))
     app = create_app(engine, worker, limits, model_id, mode, cascade)
