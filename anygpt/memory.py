@@ -88,7 +88,9 @@ def quantize_llm(model: torch.nn.Module, device: torch.device | str | None = Non
             raise QuantizeError(
                 f"int8 loading needs torchao: pip install torchao ({first})"
             ) from exc
-        quantize_(model, Int8WeightOnlyConfig(), filter_fn=wanted, device=device)
+        # set_inductor_config=False: leave torch.compile's global settings as the user set them
+        config = Int8WeightOnlyConfig(set_inductor_config=False)
+        quantize_(model, config, filter_fn=wanted, device=device)
 
 
 def tensor_bytes(t: torch.Tensor | None) -> int:
