@@ -246,8 +246,12 @@ def write_video(
         if audio is not None:
             sound = container.add_stream("aac", rate=sample_rate)
             sound.layout = "mono"
-        for im in frames:
+        for i, im in enumerate(frames):
             frame = av.VideoFrame.from_image(im.convert("RGB").crop((0, 0, w, h)))
+            # converted here and stamped: left to the encoder, the same frames came out
+            # different byte-wise now and then
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
