@@ -81,6 +81,11 @@ def test_layout_counts_and_world_json(world):
         assert len(rows["image"]) == n["images"] and len(rows["music"]) == n["music"]
         assert len(rows["speech"]) == n["speech"] + n["dialogue_speech"]
         assert len(read_jsonl(d / "dialogues.jsonl")) == n["dialogues"] > 0
+        clip_rows = read_jsonl(d / "video_dialogues.jsonl")
+        assert len(clip_rows) == 2 * n["videos"] > 0
+        assert {r["turns"][0]["video"] for r in clip_rows} == {
+            r["video"] for r in read_jsonl(d / "video.jsonl")
+        }
         for m, folder, suffix in (
             ("image", "images", ".png"),
             ("speech", "speech", ".wav"),

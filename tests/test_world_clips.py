@@ -39,6 +39,28 @@ def test_parse_direction():
     assert clips.parse_direction("") is None
 
 
+def test_every_clip_is_described_and_asked_about_once():
+    from anygpt.world.dialogues import VideoItem, clip_dialogues
+
+    rng = random.Random(3)
+    motions = [clips.random_motion(rng) for _ in range(6)]
+    items = [VideoItem(f"videos/{i:06d}.mp4", m, clips.caption(m)) for i, m in enumerate(motions)]
+    rows = clip_dialogues(items, random.Random(0), "train")
+    assert rows == clip_dialogues(items, random.Random(0), "train")
+    assert [r["kind"] for r in rows] == ["video_caption", "video_qa"] * 6
+    assert len({r["id"] for r in rows}) == 12
+    for i, item in enumerate(items):
+        caption, qa = rows[2 * i], rows[2 * i + 1]
+        assert caption["conversation"][0]["message"].startswith(f"{{video:{item.path}}}")
+        assert caption["conversation"][1]["message"] == item.caption
+        assert caption["turns"][0]["question"] == clips.DESCRIBE_VIDEO[i % 2]
+        assert qa["turns"][0]["video"] == item.path
+        answer = qa["conversation"][1]["message"]
+        assert answer == qa["turns"][0]["answer"] and item.motion.shape in answer
+        if "moves" in answer:
+            assert clips.parse_direction(answer) == item.motion.direction
+
+
 def test_chatter_never_speaks_of_the_world():
     """Background lines share no content word with what the assistant is asked about."""
     world = set(vocab.SHAPES + vocab.COLOURS + vocab.SIZES + vocab.TEMPOS + vocab.MOODS)

@@ -15,6 +15,7 @@ Layout (paths in manifests are relative to their split folder, as ``anygpt token
                                   "text": what chatter says ("" for noise)}
     OUT/{split}/dialogues.jsonl  chat rows with {image:...}/{speech:...}/{music:...} placeholders
                                  (:mod:`anygpt.world.dialogues`; ``anygpt tokenize-chat``)
+    OUT/{split}/video_dialogues.jsonl  every clip described and asked about, in the same format
 
 ``speech.jsonl`` lists the ``--speech`` stand-alone utterances (numbered first) and then the
 questions and answers the dialogues speak (kinds ``dialogue_question``/``dialogue_answer``).  The
@@ -55,6 +56,7 @@ from anygpt.world.dialogues import (
     SpeechBank,
     SpeechJob,
     VideoItem,
+    clip_dialogues,
 )
 
 FORMAT_VERSION = 2
@@ -289,6 +291,9 @@ def build_split(
         video_items.append(VideoItem(rel, m, clips.caption(m)))
         video_rows.append({"text": clips.caption(m), "video": rel, "motion": m.to_dict()})
     _write_jsonl(d / "video.jsonl", video_rows)
+    _write_jsonl(
+        d / "video_dialogues.jsonl", clip_dialogues(video_items, _rng(seed, split, "clips"), split)
+    )
 
     # background sounds: chatter said in the split's voices, or noise
     rng = _rng(seed, split, "background")

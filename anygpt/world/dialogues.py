@@ -313,3 +313,30 @@ class DialogueMaker:
             meta = {"kind": "image_qa", "image": item.path, "question": qa.question}
             turns.append(meta | {"answer": qa.answer, "question_kind": qa.kind})
         return conv, turns
+
+
+def clip_dialogues(videos: list[VideoItem], rng: random.Random, split: str) -> list[dict]:
+    """Two dialogues per clip: described (alternating prompts) and asked about.
+
+    The mixed dialogues draw clips at random and see only a fraction of them; motion is learnt
+    from every clip shown in both forms (``video_dialogues.jsonl``, read like ``dialogues.jsonl``).
+    """
+    from anygpt.world.clips import DESCRIBE_VIDEO, video_qa
+
+    rows = []
+    for i, item in enumerate(videos):
+        prompt = DESCRIBE_VIDEO[i % len(DESCRIBE_VIDEO)]
+        question, answer = video_qa(item.motion, rng)
+        for kind, q, a in (("video_caption", prompt, item.caption), ("video_qa", question, answer)):
+            msg = interleaved_user_message(q, [placeholder("video", item.path)])
+            meta = {"kind": kind, "video": item.path, "question": q, "answer": a}
+            meta["direction"] = item.motion.direction
+            rows.append(
+                {
+                    "id": f"{split}-clip-{len(rows) + 1:06d}",
+                    "kind": kind,
+                    "conversation": [_turn("user", msg), _turn("assistant", a)],
+                    "turns": [meta],
+                }
+            )
+    return rows
