@@ -1,8 +1,8 @@
 """``anygpt demo``: a short scripted tour of a model, printing what each step did and how long.
 
 On the shipped nano bundle it captions a picture, draws one, transcribes a spoken question,
-speaks a sentence, describes and composes music, and holds one spoken chat turn about a picture.
-The inputs are the bundle's own examples (``demo/`` in the bundle) or, without them, media made
+speaks a sentence, describes and composes music, holds one spoken chat turn about a picture, and
+(for a model that reads video) says what happens in a clip.  The inputs are the bundle's own examples (``demo/`` in the bundle) or, without them, media made
 by the world generator on the spot.
 """
 
@@ -16,29 +16,42 @@ from pathlib import Path
 
 
 def demo_inputs(bundle_root: Path, work: Path) -> dict[str, Path]:
-    """A picture, a spoken question about it, and a melody (the bundle's, else generated)."""
+    """A picture, a spoken question about it, a melody and a clip (the bundle's, else generated)."""
     shipped = bundle_root / "demo"
     names = {"picture": "picture.png", "question": "question.wav", "melody": "melody.wav"}
     if all((shipped / n).is_file() for n in names.values()):
-        return {k: shipped / n for k, n in names.items()}
-    import soundfile as sf
+        inputs = {k: shipped / n for k, n in names.items()}
+    else:
+        import soundfile as sf
 
-    from anygpt.world import images, music, speech
+        from anygpt.world import images, music, speech
 
-    work.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    scene = images.random_scene(rng, n_objects=1)
-    images.render(scene).save(work / names["picture"])
-    sf.write(work / names["melody"], music.render(music.random_melody(rng)), 16000)
-    shape = scene.objects[0].shape
-    wave = speech.speak(f"what colour is the {shape}", speech.VOICES_TRAIN[0], 160)
-    sf.write(work / names["question"], wave, 16000)
-    return {k: work / n for k, n in names.items()}
+        work.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(0)
+        scene = images.random_scene(rng, n_objects=1)
+        images.render(scene).save(work / names["picture"])
+        sf.write(work / names["melody"], music.render(music.random_melody(rng)), 16000)
+        shape = scene.objects[0].shape
+        wave = speech.speak(f"what colour is the {shape}", speech.VOICES_TRAIN[0], 160)
+        sf.write(work / names["question"], wave, 16000)
+        inputs = {k: work / n for k, n in names.items()}
+    inputs["clip"] = shipped / "clip.mp4"
+    if not inputs["clip"].is_file():
+        from anygpt.video import write_video
+        from anygpt.world import clips
+
+        work.mkdir(parents=True, exist_ok=True)
+        inputs["clip"] = work / "clip.mp4"
+        motion = clips.random_motion(random.Random(0))
+        write_video(inputs["clip"], clips.frames(motion), clips.CLIP_FPS)
+    return inputs
 
 
 def steps(inputs: dict[str, Path]) -> list[tuple[str, str, str]]:
     """(what it shows, command line kind, request) for every step of the tour."""
-    pic, question, melody = (str(inputs[k]) for k in ("picture", "question", "melody"))
+    pic, question, melody, clip = (
+        str(inputs[k]) for k in ("picture", "question", "melody", "clip")
+    )
     return [
         ("caption a picture", "base", f"image|text|{pic}"),
         ("draw a picture", "base", "text|image|a big red circle to the left of a small blue star"),
@@ -47,6 +60,7 @@ def steps(inputs: dict[str, Path]) -> list[tuple[str, str, str]]:
         ("describe music", "base", f"music|text|{melody}"),
         ("compose music", "base", "text|music|a slow happy piano melody in a high register"),
         ("spoken chat turn about a picture", "chat", f"interleaved||speech||{pic}|{question}"),
+        ("say what happens in a video clip", "video", f"interleaved|describe the video|||{clip}"),
     ]
 
 
@@ -67,6 +81,9 @@ def run_demo(model: str | None, output_dir: str, device: str, seed: int) -> int:
         needed = {f for f in request.split("|")[:3] if f in ("image", "speech", "music")}
         if kind == "chat":
             needed = {"image", "speech"}
+        if kind == "video" and not engine.bundle.config.video:
+            print(f"- {what}: skipped (the model does not read video)")
+            continue
         if not needed <= set(names):
             print(f"- {what}: skipped (the model has no {', '.join(sorted(needed - set(names)))})")
             continue

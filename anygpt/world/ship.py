@@ -20,7 +20,7 @@ LLM_FILES = ("config.json", "generation_config.json", "model.safetensors", "toke
 
 
 def demo_files(world: Path, dest: Path) -> None:
-    """A held-out picture with a spoken question about it, and a held-out melody."""
+    """A held-out picture with a spoken question about it, a held-out melody and clip."""
     split = world / "heldout"
     dialogues = [json.loads(r) for r in (split / "dialogues.jsonl").read_text().splitlines() if r]
     qa = next(d for d in dialogues if d.get("kind") == "spoken_image_qa")["turns"][0]
@@ -29,10 +29,14 @@ def demo_files(world: Path, dest: Path) -> None:
     shutil.copy2(split / qa["image"], dest / "picture.png")
     shutil.copy2(split / qa["question_speech"], dest / "question.wav")
     shutil.copy2(split / melody, dest / "melody.wav")
-    (dest / "README.md").write_text(
-        f'Held-out world files for `anygpt demo`: the question asks "{qa["question"]}" '
-        f'(answer: "{qa["answer"]}").\n'
-    )
+    note = f'the question asks "{qa["question"]}" (answer: "{qa["answer"]}")'
+    clips = split / "video.jsonl"
+    lines = clips.read_text().splitlines() if clips.is_file() else []
+    if lines:
+        clip = json.loads(lines[0])
+        shutil.copy2(split / clip["video"], dest / "clip.mp4")
+        note += f'; the clip shows "{clip["text"]}"'
+    (dest / "README.md").write_text(f"Held-out world files for `anygpt demo`: {note}.\n")
 
 
 def ship(src: Path, out: Path, world: Path | None, name: str) -> Path:
