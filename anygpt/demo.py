@@ -2,8 +2,8 @@
 
 On the shipped nano bundle it captions a picture, draws one, transcribes a spoken question,
 speaks a sentence, describes and composes music, holds one spoken chat turn about a picture, and
-(for a model that reads video) says what happens in a clip.  The inputs are the bundle's own examples (``demo/`` in the bundle) or, without them, media made
-by the world generator on the spot.
+(for a model that reads video) says what happens in a clip.  The inputs are the bundle's own
+examples (``demo/`` in the bundle) or, without them, media made by the world generator on the spot.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 
-def demo_inputs(bundle_root: Path, work: Path) -> dict[str, Path]:
-    """A picture, a spoken question about it, a melody and a clip (the bundle's, else generated)."""
+def demo_inputs(bundle_root: Path, work: Path, video: bool = True) -> dict[str, Path]:
+    """A picture, a spoken question about it, a melody and a clip (the bundle's, else generated).
+
+    ``video=False``: no clip is made for a model that does not read video (its path stays unmade).
+    """
     shipped = bundle_root / "demo"
     names = {"picture": "picture.png", "question": "question.wav", "melody": "melody.wav"}
     if all((shipped / n).is_file() for n in names.values()):
@@ -36,7 +39,7 @@ def demo_inputs(bundle_root: Path, work: Path) -> dict[str, Path]:
         sf.write(work / names["question"], wave, 16000)
         inputs = {k: work / n for k, n in names.items()}
     inputs["clip"] = shipped / "clip.mp4"
-    if not inputs["clip"].is_file():
+    if video and not inputs["clip"].is_file():
         from anygpt.video import write_video
         from anygpt.world import clips
 
@@ -74,14 +77,15 @@ def run_demo(model: str | None, output_dir: str, device: str, seed: int) -> int:
     names = engine.bundle.modality_names
     print(f"model: {engine.bundle.root} ({engine.bundle.config.name or 'unnamed'})")
     sink = FileSink(output_dir)
-    inputs = demo_inputs(engine.bundle.root, Path(output_dir) / "inputs")
-    print(f"inputs: {', '.join(str(p) for p in inputs.values())}")
+    reads_video = bool(engine.bundle.config.video)
+    inputs = demo_inputs(engine.bundle.root, Path(output_dir) / "inputs", video=reads_video)
+    print(f"inputs: {', '.join(str(p) for p in inputs.values() if p.is_file())}")
     failures = 0
     for what, kind, request in steps(inputs):
         needed = {f for f in request.split("|")[:3] if f in ("image", "speech", "music")}
         if kind == "chat":
             needed = {"image", "speech"}
-        if kind == "video" and not engine.bundle.config.video:
+        if kind == "video" and not reads_video:
             print(f"- {what}: skipped (the model does not read video)")
             continue
         if not needed <= set(names):

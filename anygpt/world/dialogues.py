@@ -262,21 +262,13 @@ class DialogueMaker:
         from anygpt.world.clips import DESCRIBE_VIDEO
 
         item = rng.choice(self.videos)
-        prompt = rng.choice(DESCRIBE_VIDEO)
-        msg = interleaved_user_message(prompt, [placeholder("video", item.path)])
-        meta = {"kind": "video_caption", "video": item.path, "question": prompt}
-        meta |= {"answer": item.caption, "direction": item.motion.direction}
-        return [_turn("user", msg), _turn("assistant", item.caption)], [meta]
+        return video_turn(item, "video_caption", rng.choice(DESCRIBE_VIDEO), item.caption)
 
     def _video_qa(self, rng):
         from anygpt.world.clips import video_qa
 
         item = rng.choice(self.videos)
-        question, answer = video_qa(item.motion, rng)
-        msg = interleaved_user_message(question, [placeholder("video", item.path)])
-        meta = {"kind": "video_qa", "video": item.path, "question": question, "answer": answer}
-        meta["direction"] = item.motion.direction
-        return [_turn("user", msg), _turn("assistant", answer)], [meta]
+        return video_turn(item, "video_qa", *video_qa(item.motion, rng))
 
     # ------------------------------------------------------------------ not addressed
     def _background(self, rng, with_image: bool = False):
@@ -315,6 +307,14 @@ class DialogueMaker:
         return conv, turns
 
 
+def video_turn(item: VideoItem, kind: str, question: str, answer: str):
+    """A question about a clip and its text answer: (conversation, turns)."""
+    msg = interleaved_user_message(question, [placeholder("video", item.path)])
+    meta = {"kind": kind, "video": item.path, "question": question, "answer": answer}
+    meta["direction"] = item.motion.direction
+    return [_turn("user", msg), _turn("assistant", answer)], [meta]
+
+
 def clip_dialogues(videos: list[VideoItem], rng: random.Random, split: str) -> list[dict]:
     """Two dialogues per clip: described (alternating prompts) and asked about.
 
@@ -325,18 +325,11 @@ def clip_dialogues(videos: list[VideoItem], rng: random.Random, split: str) -> l
 
     rows = []
     for i, item in enumerate(videos):
-        prompt = DESCRIBE_VIDEO[i % len(DESCRIBE_VIDEO)]
-        question, answer = video_qa(item.motion, rng)
-        for kind, q, a in (("video_caption", prompt, item.caption), ("video_qa", question, answer)):
-            msg = interleaved_user_message(q, [placeholder("video", item.path)])
-            meta = {"kind": kind, "video": item.path, "question": q, "answer": a}
-            meta["direction"] = item.motion.direction
+        caption = ("video_caption", DESCRIBE_VIDEO[i % len(DESCRIBE_VIDEO)], item.caption)
+        for kind, question, answer in (caption, ("video_qa", *video_qa(item.motion, rng))):
+            conv, turns = video_turn(item, kind, question, answer)
             rows.append(
-                {
-                    "id": f"{split}-clip-{len(rows) + 1:06d}",
-                    "kind": kind,
-                    "conversation": [_turn("user", msg), _turn("assistant", a)],
-                    "turns": [meta],
-                }
+                {"id": f"{split}-clip-{len(rows) + 1:06d}", "kind": kind, "conversation": conv}
+                | {"turns": turns}
             )
     return rows
