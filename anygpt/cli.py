@@ -661,17 +661,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     bundle = _load_bundle(args)
     engine = Engine(bundle, seed=args.seed)
     sink = FileSink(args.output_dir)
-    tok = bundle.modality(args.modality)
+    bundle.modality(args.modality)  # an unknown modality fails before any file is read
     ok = True
     for f in args.files:
         try:
-            codes = tok.encode([tok.load(f)])
-            layers = codes.codes.shape[1]
-            print(f"codes: {f}: {layers} x {int(codes.lengths[0])}")
-            ids = bundle.layout.segment_ids(args.modality, codes.unbatch()[0])
-            media, _ = engine.decode_media(
-                args.modality, [ids[1:-1]], Path(f).stem, seed=engine.next_seed()
-            )
+            codes, media = engine.reconstruct(args.modality, f)
+            print(f"codes: {f}: {codes.codes.shape[1]} x {int(codes.lengths[0])}")
             for p in sink.write(Outcome(f, media=media)):
                 print(f"saved: {p}")
         except REQUEST_ERRORS as exc:

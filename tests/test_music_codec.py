@@ -98,6 +98,38 @@ def test_resume_continues_from_the_checkpoint(clips, tmp_path):
     assert summary["step"] == 9 and (tmp_path / "codec" / "checkpoint" / "state.pt").is_file()
 
 
+def test_decoder_finetuning_keeps_the_codes_and_trains_the_decoder(trained, clips, tmp_path):
+    from transformers import EncodecModel
+
+    src_cfg, _ = trained
+    # the model fields are taken from the trained folder, whatever the defaults say
+    cfg = MusicCodecConfig(
+        str(clips), str(tmp_path / "ft"), finetune_decoder=src_cfg.out, steps=30,
+        batch_size=4, crop_s=0.064, lr=3e-3, warmup=2, log_every=5, checkpoint_every=1000,
+    )  # fmt: skip
+    summary = train_music_codec(cfg)
+    assert (cfg.hidden_size, cfg.codebook_size, cfg.upsampling_ratios) == (16, 32, [4, 4])
+    before = EncodecModel.from_pretrained(src_cfg.out).eval()
+    after = EncodecModel.from_pretrained(cfg.out).eval()
+    x = torch.from_numpy(sf.read(clips / "0.wav", dtype="float32")[0][:4096]).view(1, 1, -1)
+    bw = before.config.target_bandwidths[0]
+    with torch.no_grad():
+        codes_before = before.encode(x, bandwidth=bw).audio_codes
+        codes_after = after.encode(x, bandwidth=bw).audio_codes
+    assert torch.equal(codes_before, codes_after)
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(before.decoder.parameters(), after.decoder.parameters(), strict=True)
+    ]
+    assert all(changed), "every decoder weight trained"
+    losses = [h["loss"] for h in summary["history"]]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    with pytest.raises(FileNotFoundError, match="not a codec folder"):
+        train_music_codec(
+            MusicCodecConfig(str(clips), str(tmp_path / "x"), finetune_decoder=str(clips))
+        )
+
+
 def test_ema_codebooks_follow_the_data_and_dead_codes_restart():
     from transformers import EncodecModel
 

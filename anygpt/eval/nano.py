@@ -233,6 +233,56 @@ def eval_music(engine, split: Path, limit: int | None, judges: Path) -> tuple[Sc
     )
 
 
+def eval_tokenizers(engine, split: Path, limit: int | None, judges: Path) -> tuple[Score, ...]:
+    """The judges on held-out pictures and melodies round-tripped through the bundle's own image
+    and music tokenizers: the most text -> image and text -> music can reach with them, so a
+    generation figure below target is put on the tokenizer or on the LLM."""
+    from anygpt.eval.image_judge import ImageJudge
+    from anygpt.eval.music_judge import MusicJudge
+
+    names = engine.bundle.modality_names
+    scores: list[Score] = []
+    if "image" in names:
+        judge = ImageJudge.load(judges / "image")
+        rows = read_rows(split / "image.jsonl", limit)
+        right = total = 0
+        for r in rows:
+            total += len(r["scene"]["objects"])
+            _, media = engine.reconstruct("image", str(split / r["image"]))
+            right += int(judge.score(media[0].data, r["text"])["objects_correct"])
+        value = right / max(total, 1)
+        scores.append(
+            Score(
+                "image tokenizer",
+                "objects right after encode + decode (image judge)",
+                value,
+                ">= 0.80",
+                total,
+                value >= 0.8,
+            )
+        )
+    if "music" in names:
+        judge = MusicJudge.load(judges / "music")
+        rows = read_rows(split / "music.jsonl", limit)
+        made = 0
+        for r in rows:
+            _, media = engine.reconstruct("music", str(split / r["music"]))
+            m = media[0]
+            made += int(judge.score(m.numpy(), m.sample_rate, r["text"])["correct"])
+        value = made / max(4 * len(rows), 1)
+        scores.append(
+            Score(
+                "music tokenizer",
+                "attributes right after encode + decode (music judge)",
+                value,
+                ">= 0.70",
+                len(rows),
+                value >= 0.7,
+            )
+        )
+    return tuple(scores)
+
+
 def eval_spoken_chat(
     engine, split: Path, limit: int | None, cascade: Any = None, on_turn: Callable | None = None
 ) -> Score:
@@ -334,6 +384,7 @@ def run_eval(
         "chat": lambda: eval_spoken_chat(engine, split, limit, cascade or None),
         "video": lambda: eval_video(engine, split, limit),
         "awake": lambda: eval_awake(engine, split, limit),
+        "tokenizers": lambda: eval_tokenizers(engine, split, limit, judges),
     }
     scores: list[Score] = []
     for name, task in tasks.items():
@@ -360,7 +411,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judges", default=str(models_dir() / JUDGES), help="judge models folder")
     p.add_argument(
         "--tasks",
-        help="comma-separated subset: image-caption,text-image,asr,tts,music,chat,video,awake",
+        help="comma-separated subset: image-caption,text-image,asr,tts,music,chat,video,awake,"
+        "tokenizers (the judges on round trips through the image and music tokenizers)",
     )
     p.add_argument("--json", help="also write the scores here")
     p.add_argument(

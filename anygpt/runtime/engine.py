@@ -219,6 +219,20 @@ class Engine:
         rate = tok.sample_rate if tok.media_kind == "audio" else None
         return [Media(modality, m, rate, tok.file_suffix, label) for m in decoded], notes
 
+    def reconstruct(
+        self, modality: str, path: str, label: str | None = None
+    ) -> tuple[Codes, list[Media]]:
+        """Round-trip one file through its modality tokenizer: its codes (batch of one) and the
+        media decoded from them as they would stand between the tags, which is the best the LLM
+        can reproduce."""
+        tok = self.bundle.modality(modality, checked=True)
+        codes = tok.encode([tok.load(path)])
+        ids = self.layout.segment_ids(modality, codes.unbatch()[0])
+        media, _ = self.decode_media(
+            modality, [ids[1:-1]], label or Path(path).stem, seed=self.next_seed()
+        )
+        return codes, media
+
     # ------------------------------------------------------------------ public shortcuts
     def base(self, *lines: str) -> list[Outcome]:
         """Run base-model request lines (``"text|image|a red circle"``, ...)."""

@@ -68,6 +68,9 @@ class MusicCodecConfig:
     checkpoint_every: int = 250
     log_every: int = 50  # steps between entries of the loss history
     max_minutes: float | None = None  # stop early (saving) past this wall time
+    # a trained codec folder whose encoder and codebooks are kept frozen while only its decoder
+    # trains on: the codes stay exactly as they were, so an LLM trained on them still fits
+    finetune_decoder: str | None = None
     eval_clips: int = 200
     eval_s: float = 3.0
 
@@ -153,7 +156,10 @@ def train_music_codec(cfg: MusicCodecConfig) -> dict:
     crop = int(round(cfg.crop_s * cfg.sample_rate / cfg.hop)) * cfg.hop
     sampler = CropSampler(list_audio(cfg.data, cfg.column), cfg.sample_rate, crop, cfg.seed)
 
-    model = EncodecModel(encodec_config(cfg))
+    if cfg.finetune_decoder:
+        model = decoder_finetune_model(cfg)
+    else:
+        model = EncodecModel(encodec_config(cfg))
     vq = EmaResidualQuantizer(
         model.quantizer,
         cfg.num_codebooks,
@@ -162,8 +168,9 @@ def train_music_codec(cfg: MusicCodecConfig) -> dict:
         dropout=cfg.quantizer_dropout,
     )
     spectral = MultiResolutionSpectralLoss(cfg.sample_rate)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.8, 0.99))
-    start, history, quantizing, spent = 0, [], False, 0.0
+    trained = model.decoder.parameters() if cfg.finetune_decoder else model.parameters()
+    opt = torch.optim.Adam(trained, lr=cfg.lr, betas=(0.8, 0.99))
+    start, history, quantizing, spent = 0, [], bool(cfg.finetune_decoder), 0.0
     state_file = ckpt_dir / "state.pt"
     if state_file.is_file():
         state = torch.load(state_file, weights_only=True)  # plain containers and tensors only
@@ -174,7 +181,7 @@ def train_music_codec(cfg: MusicCodecConfig) -> dict:
         start, history = state["step"], state["history"]
         quantizing, spent = state["quantizing"], state["seconds"]
         print(f"resumed from {state_file} at step {start}")
-    else:
+    elif not cfg.finetune_decoder:
         with torch.no_grad():
             rescale_init(model, sampler.batch(cfg.init_clips))
 
@@ -217,11 +224,16 @@ def train_music_codec(cfg: MusicCodecConfig) -> dict:
             quantizing = True
             print(f"step {step}: quantizer on")
         x = sampler.batch(cfg.batch_size)
-        z = model.encoder(x)
-        if quantizing:
+        if cfg.finetune_decoder:
+            with torch.no_grad():  # frozen: the codes of every clip stay what they were
+                q = vq(model.encoder(x), train=False)
+            zq, commit, ppl, restarted = q.quantized, q.commitment, q.perplexity.mean(), 0
+        elif quantizing:
+            z = model.encoder(x)
             q = vq(z, train=True, generator=gen)
             zq, commit, ppl, restarted = q.quantized, q.commitment, q.perplexity.mean(), q.restarted
         else:
+            z = model.encoder(x)
             zq, commit, ppl, restarted = z, z.new_zeros(()), torch.zeros(()), 0
         y = model.decoder(zq)[..., : x.shape[-1]]
         spec = spectral(y, x)
@@ -277,6 +289,31 @@ def train_music_codec(cfg: MusicCodecConfig) -> dict:
         print("held-out reconstruction: " + json.dumps(summary["heldout"]))
     save(step, summary)
     return summary
+
+
+MODEL_FIELDS = ("sample_rate", "num_filters", "hidden_size", "upsampling_ratios",
+                "num_lstm_layers", "codebook_size", "num_codebooks")  # fmt: skip
+
+
+def decoder_finetune_model(cfg: MusicCodecConfig) -> Any:
+    """The codec of ``cfg.finetune_decoder`` with its encoder and codebooks frozen; ``cfg``
+    takes that codec's model fields (its size), so the saved folder describes the same codes."""
+    from transformers import EncodecModel
+
+    folder = Path(cfg.finetune_decoder or "")
+    record = folder / "train_config.json"
+    if not (folder / "config.json").is_file() or not record.is_file():
+        raise FileNotFoundError(
+            f"'{folder}' is not a codec folder made by 'anygpt train-tokenizer music' "
+            "(config.json, model.safetensors and train_config.json)"
+        )
+    trained = json.loads(record.read_text())["config"]
+    for name in MODEL_FIELDS:
+        setattr(cfg, name, trained[name])
+    model = EncodecModel.from_pretrained(str(folder))
+    for p in [*model.encoder.parameters(), *model.quantizer.parameters()]:
+        p.requires_grad_(False)
+    return model
 
 
 def _weight_norm_gain(conv: Any) -> torch.Tensor:
@@ -390,6 +427,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logmag-weight", type=float, default=d.logmag_weight)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--max-minutes", type=float, help="stop (and save) past this wall time")
+    parser.add_argument(
+        "--finetune-decoder",
+        metavar="CODEC",
+        help="train only the decoder of this trained codec folder; its encoder and codebooks stay "
+        "frozen, so its codes (and an LLM trained on them) are unchanged",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -419,6 +462,7 @@ def main(args: argparse.Namespace) -> int:
         logmag_weight=args.logmag_weight,
         checkpoint_every=args.checkpoint_every,
         max_minutes=args.max_minutes,
+        finetune_decoder=args.finetune_decoder,
     )
     summary = train_music_codec(cfg)
     print(
