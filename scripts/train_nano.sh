@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce models/anygpt-nano from nothing: world -> modality tokenizers -> text tokenizer and LLM
-# -> stage 1 -> stage 2 -> bundle -> evaluation.  Every step is an `anygpt` command a user can run.
+# -> stage 1 -> stage 2 -> stages 3-4 (clips; speech rebalanced) -> bundle -> evaluation.  Every step is an `anygpt` command a user can run.
 #
 #   bash scripts/train_nano.sh                 # the shipped recipe (about 3 hours on 2 CPU cores)
 #   TINY=1 OUT=/tmp/nano bash scripts/train_nano.sh   # a minutes-long run of every step (CI)
@@ -27,6 +27,8 @@ if [ "$TINY" = 1 ]; then
   LLM_ARGS="--vocab-size 400 --hidden 64 --layers 2 --heads 4 --kv-heads 2"
   PRE_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
   SFT_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
+  CLIP_ARGS="$SFT_ARGS --num-examples 40"
+  REBALANCE_ARGS="$SFT_ARGS --num-examples 40"
   EVAL_LIMIT=2
 else
   WORLD_ARGS=""
@@ -36,6 +38,8 @@ else
   LLM_ARGS="--vocab-size 1024"
   PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-800}"
   SFT_ARGS="--max-steps ${SFT_STEPS:-1400}"
+  CLIP_ARGS="--max-steps ${CLIP_STEPS:-1600} --num-examples 40000 --save-total-limit 8"
+  REBALANCE_ARGS="--max-steps ${REBALANCE_STEPS:-800} --num-examples 20000"
   EVAL_LIMIT=${EVAL_LIMIT:-50}
 fi
 
@@ -73,6 +77,7 @@ for m in image speech music; do
   $A tokenize "$W/train/$m.jsonl" --model "$WORK/bundle0" -o "$D/$m.jsonl" --device cpu
 done
 [ -f "$D/dialogues.jsonl" ] || $A tokenize-chat "$W/train/dialogues.jsonl" --model "$WORK/bundle0" -o "$D/dialogues.jsonl" --device cpu
+[ -f "$D/video.jsonl" ] || $A tokenize-chat "$W/train/video_dialogues.jsonl" --model "$WORK/bundle0" -o "$D/video.jsonl" --device cpu
 
 step "stage 1: pretraining"
 [ -f "$WORK/pretrain/final/bundle.json" ] || $A pretrain --config config/train/nano_pretrain.yaml \
@@ -85,8 +90,25 @@ step "stage 2: instruction tuning (with stage 1 replayed)"
   --data "$D/dialogues.jsonl" --data "$D/image.jsonl,group=image,x2t=0.5" \
   --data "$D/speech.jsonl,group=speech" --data "$D/music.jsonl,group=music" $SFT_ARGS
 
+# Stages 3 and 4 go on from stage 2 at lower learning rates.  Stage 3 sees every training clip
+# described and asked about; stage 4 rebalances towards speech generation (text -> speech pairs
+# weighted up), which stage 3's clip-heavy mixture had let slip (0.85 -> 0.69 recognised).
+PAIRS="--data $D/image.jsonl,group=image,x2t=0.5 --data $D/music.jsonl,group=music"
+step "stage 3: clips (with the conversations and stage 1's pairs)"
+[ -f "$WORK/clips/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
+  --model "$WORK/sft/final" --output-dir "$WORK/clips" --num-threads "$THREADS" --learning-rate 5e-4 \
+  --data "$D/video.jsonl,group=video" --data "$D/dialogues.jsonl,group=dialogues" \
+  --data "$D/speech.jsonl,group=speech" $PAIRS \
+  --mixture video=0.4,dialogues=0.33,image=0.1,speech=0.11,music=0.06 $CLIP_ARGS
+step "stage 4: speech rebalanced"
+[ -f "$WORK/rebalance/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
+  --model "$WORK/clips/final" --output-dir "$WORK/rebalance" --num-threads "$THREADS" --learning-rate 3e-4 \
+  --data "$D/video.jsonl,group=video" --data "$D/dialogues.jsonl,group=dialogues" \
+  --data "$D/speech.jsonl,group=speech,x2t=0.3" $PAIRS \
+  --mixture video=0.3,dialogues=0.25,speech=0.25,image=0.12,music=0.08 $REBALANCE_ARGS
+
 step "bundle -> $OUT"
-.venv/bin/python -m anygpt.world.ship "$WORK/sft/final" "$OUT" --world "$W"
+.venv/bin/python -m anygpt.world.ship "$WORK/rebalance/final" "$OUT" --world "$W"
 
 step "evaluation"
 $A eval --model "$OUT" --world "$W" --limit "$EVAL_LIMIT" --json "$WORK/eval.json"
