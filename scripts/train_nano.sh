@@ -38,7 +38,7 @@ else
   LLM_ARGS="--vocab-size 1024"
   PRE_ARGS="--max-steps ${PRETRAIN_STEPS:-800}"
   SFT_ARGS="--max-steps ${SFT_STEPS:-1400}"
-  CLIP_ARGS="--max-steps ${CLIP_STEPS:-1600} --num-examples 40000 --save-total-limit 8"
+  CLIP_ARGS="--max-steps ${CLIP_STEPS:-1600} --num-examples 40000"
   REBALANCE_ARGS="--max-steps ${REBALANCE_STEPS:-800} --num-examples 20000"
   EVAL_LIMIT=${EVAL_LIMIT:-50}
 fi
