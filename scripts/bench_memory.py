@@ -29,33 +29,12 @@ from pathlib import Path
 
 import torch
 
+from anygpt.world.text import SAMPLE_REQUESTS
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# requests in the nano world's own words: on prompts the model never saw, its top two tokens are
-# often near-ties that any rounding flips, which says nothing about the quantization
-QUESTIONS = [
-    "draw a big red circle",
-    "draw a small blue square above a big yellow star",
-    "play a slow sad organ melody in a low register",
-    "say the circle is red",
-    "draw a small green triangle",
-    "play a fast happy flute melody in a high register",
-    "draw a big white star to the left of a small black circle",
-    "say what colour is the square",
-    "draw a small purple star",
-    "play a slow happy piano melody in a high register",
-    "say the triangle is big",
-    "draw a big orange square below a small white circle",
-    "play a fast sad piano melody in a low register",
-    "say there are two objects",
-    "draw a small black triangle to the right of a big green star",
-    "draw a big yellow circle",
-    "play a slow sad flute melody in a high register",
-    "say the star is purple",
-    "draw a small red square",
-    "play a fast happy organ melody in a low register",
-]
+QUESTIONS = list(SAMPLE_REQUESTS)  # the world's own requests (see anygpt.world.text)
 
 
 def mib(n: float) -> str:

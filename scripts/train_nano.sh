@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce models/anygpt-nano from nothing: world -> modality tokenizers -> text tokenizer and LLM
-# -> stage 1 -> stage 2 -> stages 3-4 (clips; speech rebalanced) -> bundle -> evaluation.  Every step is an `anygpt` command a user can run.
+# -> stage 1 -> stage 2 -> stages 3-4 (clips; speech rebalanced) -> bundle -> evaluation.
+# Every step is an `anygpt` command a user can run.
 #
 #   bash scripts/train_nano.sh                 # the shipped recipe (about 3 hours on 2 CPU cores)
 #   TINY=1 OUT=/tmp/nano bash scripts/train_nano.sh   # a minutes-long run of every step (CI)

@@ -20,6 +20,7 @@ from anygpt.memory import (
     quantize_llm,
     weight_bytes,
 )
+from anygpt.world.text import SAMPLE_REQUESTS
 
 ROOT = Path(__file__).resolve().parent.parent
 NANO = ROOT / "models" / "anygpt-nano"
@@ -27,17 +28,7 @@ shipped = pytest.mark.skipif(
     not (NANO / "bundle.json").is_file(), reason="models/anygpt-nano is not in this tree"
 )
 PICTURE = NANO / "demo" / "picture.png"
-# the world's own requests (near-ties on prompts the model never saw say nothing about int8)
-QUESTIONS = [
-    "draw a big red circle",
-    "draw a small blue square above a big yellow star",
-    "play a slow sad organ melody in a low register",
-    "say the circle is red",
-    "draw a small green triangle",
-    "play a fast happy flute melody in a high register",
-    "draw a big white star to the left of a small black circle",
-    "say what colour is the square",
-]
+QUESTIONS = list(SAMPLE_REQUESTS[:8])  # the world's own requests (see anygpt.world.text)
 
 
 def greedy_replies(bundle: Bundle, questions: list[str]) -> list[list[int]]:
