@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--instruction", help="use this instruction instead of a random one from AnyGPT's lists"
     )
+    b.add_argument(
+        "--guidance-scale",
+        type=positive_float,
+        default=None,
+        help="classifier-free guidance of text -> media requests: how much more the text weighs "
+        "than in plain decoding (1 = off; default: the bundle's decoding configs)",
+    )
 
     c = sub.add_parser(
         "chat",
@@ -497,6 +504,7 @@ def cmd_base(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         instruction=args.instruction,
+        guidance_scale=args.guidance_scale,
     )
     engine.max_input_seconds = args.max_seconds
     lines = list(args.prompts) + (_read_batch(args.batch) if args.batch else [])

@@ -46,6 +46,12 @@ class DecodingConfig:
     num_beams: int = 1
     vc_steps: int | None = None  # vocoder setting stored in the same files; not an LLM setting
     apply_min_new_tokens: bool = False
+    # classifier-free guidance of text -> media requests (1.0: off); see anygpt.generation.guidance
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.guidance_scale > 0:
+            raise ValueError(f"guidance_scale must be above 0 (1 = off), not {self.guidance_scale}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> DecodingConfig:

@@ -20,6 +20,7 @@ import torch
 from anygpt.bundle import Bundle
 from anygpt.config import DecodingConfig
 from anygpt.generation import generate
+from anygpt.generation.guidance import guided_generate
 from anygpt.modalities.base import Codes, ModalityError
 from anygpt.prompts import X2T, base_t2x_prompt, base_x2t_prompt, choose_instruction
 from anygpt.runtime.limits import check_input_length, crop_options
@@ -58,6 +59,8 @@ class Engine:
         batch_size: prompts generated together.
         max_new_tokens: overrides the decoding config's limit.
         instruction: a fixed instruction instead of a random one from AnyGPT's lists.
+        guidance_scale: overrides the decoding configs' classifier-free guidance of text -> media
+            requests (1: off).
         on_token: called after each generation step with the new ids so far ``[B, t]``.
     """
 
@@ -69,6 +72,7 @@ class Engine:
         batch_size: int = 16,
         max_new_tokens: int | None = None,
         instruction: str | None = None,
+        guidance_scale: float | None = None,
         on_token: TokenHook | None = None,
     ) -> None:
         self.bundle = bundle
@@ -78,6 +82,7 @@ class Engine:
         self.batch_size = max(1, batch_size)
         self.max_new_tokens = max_new_tokens
         self.instruction = instruction
+        self.guidance_scale = guidance_scale
         # The LLM stage: ``None`` runs :func:`anygpt.generation.generate` on the bundle's LLM; a
         # server may set another backend (same call, see :meth:`generate_ids`).
         self.backend: Any = None
@@ -123,7 +128,8 @@ class Engine:
         if target is not None and target not in self.bundle.modality_names:
             target = None
         cfg = self.bundle.decoding(target, chat)
-        return cfg.with_overrides(max_new_tokens=self.max_new_tokens)
+        guidance = self.guidance_scale if target is not None else None
+        return cfg.with_overrides(max_new_tokens=self.max_new_tokens, guidance_scale=guidance)
 
     def fit(self, prompts: list[list[int]], cfg: DecodingConfig) -> DecodingConfig:
         """``cfg`` with ``max_new_tokens`` cut to what the context leaves after the prompts."""
@@ -153,6 +159,32 @@ class Engine:
             return self.backend.generate(prompts, cfg, **kwargs)
         return generate(
             self.bundle.llm, self.layout, prompts, cfg, **kwargs, **self.generate_options
+        )
+
+    def guided(self, target: str, cfg: DecodingConfig) -> bool:
+        """Whether text -> ``target`` requests use classifier-free guidance: the config asks for
+        it and the LLM is the bundle's own (another backend decodes unguided)."""
+        return target != "text" and cfg.guidance_scale != 1.0 and self.backend is None
+
+    def generate_guided(
+        self,
+        prompts: list[list[int]],
+        twins: list[list[int]],
+        cfg: DecodingConfig,
+        seed: int | None,
+    ) -> list[list[int]]:
+        """New ids per prompt with classifier-free guidance against ``twins`` (each prompt without
+        its text), see :mod:`anygpt.generation.guidance`."""
+        return guided_generate(
+            self.bundle.llm,
+            self.layout,
+            prompts,
+            twins,
+            cfg,
+            scale=cfg.guidance_scale,
+            stop_ids=self.stop_ids(),
+            seed=seed,
+            on_step=self.on_token,
         )
 
     def check_length(self, ids: list[int]) -> None:
@@ -295,8 +327,9 @@ class Engine:
             except REQUEST_ERRORS as exc:
                 for i in loaded:
                     outcomes[i].error = str(exc)
-        # prompts
+        # prompts (and, for guided text -> media, each one's twin without the text)
         prompts: dict[int, list[int]] = {}
+        twins: dict[int, list[int]] = {}
         for i, req in requests.items():
             if outcomes[i].error:
                 continue
@@ -308,6 +341,8 @@ class Engine:
             else:
                 ids = self.tokenizer.encode(base_t2x_prompt(instruction, req.content))
                 ids += self.forced_start(req.target)
+                twins[i] = self.tokenizer.encode(base_t2x_prompt(instruction, ""))
+                twins[i] += self.forced_start(req.target)
             try:
                 self.check_length(ids)
                 prompts[i] = ids
@@ -326,7 +361,12 @@ class Engine:
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 batch = [prompts[i] for i in chunk]
-                new = self.generate_ids(batch, self.fit(batch, cfg), seed=self.next_seed())
+                if self.guided(target, cfg):
+                    new = self.generate_guided(
+                        batch, [twins[i] for i in chunk], self.fit(batch, cfg), self.next_seed()
+                    )
+                else:
+                    new = self.generate_ids(batch, self.fit(batch, cfg), seed=self.next_seed())
                 for i, ids in zip(chunk, new, strict=True):
                     self._finish_base(requests[i], outcomes[i], ids)
                     done(outcomes[i])
