@@ -366,10 +366,12 @@ def run_eval(
     judges: Path,
     only: set[str] | None,
     cascade: bool = False,
+    guidance_scale: float | None = None,
 ) -> list[Score]:
     import anygpt
 
     engine = anygpt.load(model, device="cpu", seed=0)
+    engine.guidance_scale = guidance_scale
     if cascade:
         from anygpt.runtime.cascade import Cascade
 
@@ -420,13 +422,29 @@ def add_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="spoken chat through the cascade (ASR -> text reply -> TTS) instead of end to end",
     )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance of text -> image, music and speech (1 = off; default: "
+        "the bundle's decoding configs)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     only = set(args.tasks.split(",")) if args.tasks else None
+    if args.guidance_scale is not None and not args.guidance_scale > 0:
+        print("error: --guidance-scale must be above 0 (1 = off)", file=sys.stderr)
+        return 1
     try:
         scores = run_eval(
-            args.model, Path(args.world), args.limit, Path(args.judges), only, args.cascade
+            args.model,
+            Path(args.world),
+            args.limit,
+            Path(args.judges),
+            only,
+            args.cascade,
+            args.guidance_scale,
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
