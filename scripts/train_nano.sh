@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce models/anygpt-nano from nothing: world -> modality tokenizers -> text tokenizer and LLM
-# -> stage 1 -> stage 2 -> stages 3-4 (clips; speech rebalanced) -> bundle -> evaluation.
+# -> stage 1 -> stage 2 -> stages 3-5 (clips; speech, then pictures weighted up) -> bundle -> evaluation.
 # Every step is an `anygpt` command a user can run.
 #
 #   bash scripts/train_nano.sh                 # the shipped recipe (about 3 hours on 2 CPU cores)
@@ -30,6 +30,7 @@ if [ "$TINY" = 1 ]; then
   SFT_ARGS="--max-steps 4 --save-steps 2 --eval-steps 2 --val-set-size 1 --per-device-train-batch-size 2"
   CLIP_ARGS="$SFT_ARGS --num-examples 40"
   REBALANCE_ARGS="$SFT_ARGS --num-examples 40"
+  PICTURE_ARGS="$SFT_ARGS --num-examples 40"
   EVAL_LIMIT=2
 else
   WORLD_ARGS=""
@@ -41,6 +42,7 @@ else
   SFT_ARGS="--max-steps ${SFT_STEPS:-1400}"
   CLIP_ARGS="--max-steps ${CLIP_STEPS:-1600} --num-examples 40000"
   REBALANCE_ARGS="--max-steps ${REBALANCE_STEPS:-800} --num-examples 20000"
+  PICTURE_ARGS="--max-steps ${PICTURE_STEPS:-1000} --num-examples 24000"
   EVAL_LIMIT=${EVAL_LIMIT:-50}
 fi
 
@@ -91,9 +93,10 @@ step "stage 2: instruction tuning (with stage 1 replayed)"
   --data "$D/dialogues.jsonl" --data "$D/image.jsonl,group=image,x2t=0.5" \
   --data "$D/speech.jsonl,group=speech" --data "$D/music.jsonl,group=music" $SFT_ARGS
 
-# Stages 3 and 4 go on from stage 2 at lower learning rates.  Stage 3 sees every training clip
+# Stages 3 to 5 go on from stage 2 at lower learning rates.  Stage 3 sees every training clip
 # described and asked about; stage 4 rebalances towards speech generation (text -> speech pairs
-# weighted up), which stage 3's clip-heavy mixture had let slip (0.85 -> 0.69 recognised).
+# weighted up), which stage 3's clip-heavy mixture had let slip (0.85 -> 0.69 recognised); stage 5
+# weights the picture pairs up (captioning 0.40 -> 0.54), replaying everything else.
 PAIRS="--data $D/image.jsonl,group=image,x2t=0.5 --data $D/music.jsonl,group=music"
 step "stage 3: clips (with the conversations and stage 1's pairs)"
 [ -f "$WORK/clips/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
@@ -107,9 +110,16 @@ step "stage 4: speech rebalanced"
   --data "$D/video.jsonl,group=video" --data "$D/dialogues.jsonl,group=dialogues" \
   --data "$D/speech.jsonl,group=speech,x2t=0.3" $PAIRS \
   --mixture video=0.3,dialogues=0.25,speech=0.25,image=0.12,music=0.08 $REBALANCE_ARGS
+step "stage 5: pictures weighted up"
+[ -f "$WORK/pictures/final/bundle.json" ] || $A sft --config config/train/nano_sft.yaml \
+  --model "$WORK/rebalance/final" --output-dir "$WORK/pictures" --num-threads "$THREADS" --learning-rate 3e-4 \
+  --data "$D/image.jsonl,group=image,x2t=0.5" --data "$D/dialogues.jsonl,group=dialogues" \
+  --data "$D/speech.jsonl,group=speech,x2t=0.3" --data "$D/video.jsonl,group=video" \
+  --data "$D/music.jsonl,group=music" \
+  --mixture image=0.45,dialogues=0.2,speech=0.15,video=0.12,music=0.08 $PICTURE_ARGS
 
 step "bundle -> $OUT"
-.venv/bin/python -m anygpt.world.ship "$WORK/rebalance/final" "$OUT" --world "$W"
+.venv/bin/python -m anygpt.world.ship "$WORK/pictures/final" "$OUT" --world "$W"
 
 step "evaluation"
 $A eval --model "$OUT" --world "$W" --limit "$EVAL_LIMIT" --json "$WORK/eval.json"
