@@ -27,7 +27,9 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="esp
 # captioning 0.352 (chance about 0.02), speech -> text WER 0.011, text -> speech 0.850, voice
 # cloning 0.980, music captioning 0.825 (chance about 0.46).  A figure is (value, higher is better).
 REDUCED = {
-    "image captioning": (0.15, True),
+    "image captioning": (0.3, True),
+    # guided (the shipped config): 0.18 on these 17 objects, unguided 0.06
+    "text -> image": (0.1, True),
     "speech -> text": (0.25, False),
     "text -> speech": (0.4, True),
     "voice cloning": (0.75, True),
@@ -66,7 +68,7 @@ def test_reduced_evaluation_of_the_shipped_bundle(tmp_path):
     counts = {"images": 1, "speech": 1, "music": 1, "videos": 0, "background": 0}
     counts |= {"dialogues": 1, "heldout": 12}
     build_world(WorldConfig(out=str(world), seed=0, workers=1, progress=False, **counts))
-    tasks = {"image-caption", "asr", "tts", "music", "tokenizers", "video", "awake"}
+    tasks = {"image-caption", "text-image", "asr", "tts", "music", "tokenizers", "video", "awake"}
     scores = run_eval(NANO, world, 12, ROOT / "models" / "nano-judges", tasks)
     by_task = {s.task: s.value for s in scores}
     for task, (bound, higher) in REDUCED.items():
