@@ -3,7 +3,7 @@
 # -> stage 1 -> stage 2 -> stages 3-5 (clips; speech, then pictures weighted up) -> bundle -> evaluation.
 # Every step is an `anygpt` command a user can run.
 #
-#   bash scripts/train_nano.sh                 # the shipped recipe (about 3 hours on 2 CPU cores)
+#   bash scripts/train_nano.sh                 # the shipped recipe (about 4 hours on 2 CPU cores)
 #   TINY=1 OUT=/tmp/nano bash scripts/train_nano.sh   # a minutes-long run of every step (CI)
 #
 # WORK holds the world, tokenized data and checkpoints; OUT receives the finished bundle.  A step
