@@ -35,7 +35,8 @@ def load(
     the modality tokenizers' models wait on the CPU between encodes and decodes (see
     :class:`~anygpt.bundle.Bundle`).
 
-    ``engine_options``: ``batch_size``, ``max_new_tokens``, ``instruction``, ``on_token``.
+    ``engine_options``: ``batch_size``, ``max_new_tokens``, ``instruction``, ``guidance_scale``,
+    ``on_token``.
     """
     from anygpt.bundle import Bundle
     from anygpt.paths import default_model

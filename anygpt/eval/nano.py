@@ -370,8 +370,7 @@ def run_eval(
 ) -> list[Score]:
     import anygpt
 
-    engine = anygpt.load(model, device="cpu", seed=0)
-    engine.guidance_scale = guidance_scale
+    engine = anygpt.load(model, device="cpu", seed=0, guidance_scale=guidance_scale)
     if cascade:
         from anygpt.runtime.cascade import Cascade
 
