@@ -47,6 +47,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def guidance_value(text: str) -> float:
+    """argparse type: a classifier-free guidance scale, above 0 and at most MAX_GUIDANCE."""
+    from anygpt.config import MAX_GUIDANCE
+
+    value = positive_float(text)
+    if value > MAX_GUIDANCE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_GUIDANCE:g}, got {text[:40]}")
+    return value
+
+
 def seed_value(text: str) -> int:
     """argparse type: a seed, a whole number from 0 to 2**62."""
     try:
@@ -173,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--guidance-scale",
-        type=positive_float,
+        type=guidance_value,
         default=None,
         help="classifier-free guidance of text -> media requests: how much more the text weighs "
         "than in plain decoding (1 = off; default: the bundle's decoding configs)",

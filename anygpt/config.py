@@ -31,6 +31,9 @@ LLM_KEYS = (
     "num_beams",
 )
 
+# beyond this the guided log-probabilities overflow float32 and useful scales are below 20
+MAX_GUIDANCE = 100.0
+
 
 @dataclass(frozen=True)
 class DecodingConfig:
@@ -50,8 +53,15 @@ class DecodingConfig:
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.guidance_scale > 0:
-            raise ValueError(f"guidance_scale must be above 0 (1 = off), not {self.guidance_scale}")
+        scale = self.guidance_scale
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not 0 < scale <= MAX_GUIDANCE
+        ):
+            raise ValueError(
+                f"guidance_scale must lie in (0, {MAX_GUIDANCE:g}] (1 = off), not {self.guidance_scale}"
+            )
 
     @classmethod
     def from_file(cls, path: str | Path) -> DecodingConfig:

@@ -91,7 +91,7 @@ def test_mismatched_twins_and_bad_scales_are_refused(bundle):
     cfg = DecodingConfig(max_new_tokens=4)
     with pytest.raises(ValueError, match="twin"):
         guided_generate(bundle.llm, bundle.layout, [[1, 5]], [], cfg, scale=2.0, stop_ids=[2])
-    for bad in (0.0, -1.0):
+    for bad in (0.0, -1.0, 1e30, float("nan"), "3", None, True):
         with pytest.raises(ValueError, match="guidance_scale"):
             DecodingConfig(guidance_scale=bad)
 
@@ -140,3 +140,20 @@ def test_engine_guides_text_to_media_when_the_config_asks(debug_bundle, tmp_path
     assert not strong.guided("text", cfg)
     strong.backend = object()
     assert not strong.guided("image", strong.decoding("image", chat=False))
+
+
+def test_a_malformed_guidance_setting_fails_only_its_own_requests(debug_bundle, tmp_path):
+    import shutil
+
+    root = tmp_path / "bundle"
+    shutil.copytree(debug_bundle, root)
+    meta = json.loads((root / "bundle.json").read_text())
+    meta["decoding"] = "decoding"
+    (root / "bundle.json").write_text(json.dumps(meta))
+    (root / "decoding").mkdir(exist_ok=True)
+    bad = {"temperature": 0.8, "guidance_scale": "strong"}
+    (root / "decoding" / "image_generate_config.json").write_text(json.dumps(bad))
+    engine = Engine(Bundle(root, device="cpu"), seed=1, max_new_tokens=8)
+    image, music = engine.base("text|image|a red circle", "text|music|slow and sad")
+    assert not image.ok and "guidance_scale" in image.error
+    assert music.ok and music.media, music.error

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anygpt.config import MAX_GUIDANCE
 from anygpt.paths import models_dir
 
 JUDGES = "nano-judges"
@@ -432,8 +433,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     only = set(args.tasks.split(",")) if args.tasks else None
-    if args.guidance_scale is not None and not args.guidance_scale > 0:
-        print("error: --guidance-scale must be above 0 (1 = off)", file=sys.stderr)
+    if args.guidance_scale is not None and not 0 < args.guidance_scale <= MAX_GUIDANCE:
+        print(
+            f"error: --guidance-scale must lie in (0, {MAX_GUIDANCE:g}] (1 = off)", file=sys.stderr
+        )
         return 1
     try:
         scores = run_eval(

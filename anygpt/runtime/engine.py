@@ -357,7 +357,13 @@ class Engine:
         for i in prompts:
             by_target[requests[i].target].append(i)
         for target, idx in by_target.items():
-            cfg = self.decoding(None if target == "text" else target, chat=False)
+            try:
+                cfg = self.decoding(None if target == "text" else target, chat=False)
+            except (OSError, ValueError) as exc:  # a malformed decoding config fails its requests
+                for i in idx:
+                    outcomes[i].error = f"decoding config: {exc}"
+                    done(outcomes[i])
+                continue
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 batch = [prompts[i] for i in chunk]
