@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 
 from anygpt.config import DecodingConfig
+from anygpt.generation.hf import cut_at_stops
+from anygpt.generation.loop import row_seed
 from anygpt.generation.model import CachedLM
 from anygpt.generation.sampling import sample
 from anygpt.generation.spans import SpanMachine
@@ -56,8 +58,6 @@ def guided_generate(
     every step with the new ids so far ``[B, t]``.  ``seed`` seeds row ``i`` as
     :func:`anygpt.generation.loop.row_seed` does, so a prompt samples the same tokens in any batch.
     """
-    from anygpt.generation.loop import row_seed
-
     if len(prompts) != len(unconditional):
         raise ValueError("every prompt needs one unconditional twin")
     if not prompts:
@@ -115,9 +115,4 @@ def guided_generate(
         pair = torch.cat([chosen, chosen])
         logits = lm.decode(pair, torch.tensor(lengths, device=lm.device), lengths)
         lengths = [n + 1 for n in lengths]
-    results = []
-    stop_set = set(int(i) for i in stop_ids)
-    for row in new.tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
-        results.append(row[:cut])
-    return results
+    return cut_at_stops(new.tolist(), stop_ids)

@@ -208,10 +208,14 @@ def hf_generate(
         logits_processor=processors,
         stopping_criteria=criteria,
     )
-    new = out[:, ids.shape[1] :].tolist()
-    stops = set(stop_ids)
+    return cut_at_stops(out[:, ids.shape[1] :].tolist(), stop_ids)
+
+
+def cut_at_stops(rows: Sequence[Sequence[int]], stop_ids: Sequence[int]) -> list[list[int]]:
+    """Each row of new ids cut before its first stop id."""
+    stops = {int(i) for i in stop_ids}
     results = []
-    for row in new:
+    for row in rows:
         cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-        results.append(row[:cut])
+        results.append(list(row[:cut]))
     return results
