@@ -13,6 +13,7 @@ import importlib
 MODULES = {
     "anygpt.train.cli": "tokenize, extend-vocab, pretrain, sft",
     "anygpt.train.init_llm": "init-llm",
+    "anygpt.train.grow_llm": "grow-llm",
     "anygpt.train.tokenize_chat": "tokenize-chat",
     "anygpt.train.bundle_tokenizers": "bundle-tokenizers",
     "anygpt.train.tokenizer_cli": "train-tokenizer, train-judge",

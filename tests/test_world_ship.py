@@ -53,3 +53,24 @@ def test_corpus_has_world_sentences_and_prompt_wording(tiny_world):
     assert set(captions) <= set(lines)
     assert any("MMGPT" in line for line in lines)
     assert not any("{image:" in line or "<-Res->" in line for line in lines)
+
+
+def test_half_precision_llm_weights_halve_the_file_and_load_as_float32(debug_bundle, tmp_path):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from anygpt.bundle import Bundle
+    from anygpt.world.ship import ship
+
+    out = ship(debug_bundle, tmp_path / "half", None, "half", llm_dtype="float16")
+    src = Bundle(debug_bundle, device="cpu").llm_dir / "model.safetensors"
+    half = out / "llm" / "model.safetensors"
+    assert half.stat().st_size < 0.6 * src.stat().st_size
+    assert json.loads((out / "llm" / "config.json").read_text())["dtype"] == "float16"
+    bundle = Bundle(out, device="cpu")
+    model = bundle.llm
+    assert next(model.parameters()).dtype == torch.float32
+    ref = LlamaForCausalLM.from_pretrained(str(src.parent), dtype=torch.float32).eval()
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=0, atol=2e-2)

@@ -39,7 +39,28 @@ def demo_files(world: Path, dest: Path) -> None:
     (dest / "README.md").write_text(f"Held-out world files for `anygpt demo`: {note}.\n")
 
 
-def ship(src: Path, out: Path, world: Path | None, name: str) -> Path:
+def copy_llm_weights(src: Path, dst: Path, dtype: str) -> None:
+    """Copy ``model.safetensors``, storing floating-point tensors as ``dtype``.
+
+    Half precision halves the file; every loader of the project upcasts to float32 on a CPU.
+    """
+    if dtype == "float32":
+        shutil.copy2(src, dst)
+        return
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in load_file(src).items()}
+    save_file(tensors, str(dst), metadata={"format": "pt"})
+    config = dst.with_name("config.json")
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        cfg["dtype"] = dtype
+        config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def ship(src: Path, out: Path, world: Path | None, name: str, llm_dtype: str = "float32") -> Path:
     from anygpt.bundle import Bundle
     from anygpt.paths import config_dir
 
@@ -49,8 +70,11 @@ def ship(src: Path, out: Path, world: Path | None, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "llm").mkdir(parents=True)
     for f in LLM_FILES:
-        if (bundle.llm_dir / f).is_file():
+        if (bundle.llm_dir / f).is_file() and f != "model.safetensors":
             shutil.copy2(bundle.llm_dir / f, tmp / "llm" / f)
+    weights = bundle.llm_dir / "model.safetensors"
+    if weights.is_file():
+        copy_llm_weights(weights, tmp / "llm" / "model.safetensors", llm_dtype)
     for modality, entry in cfg.modalities.items():
         files = {}
         for key, rel in entry.files.items():
@@ -85,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--world", help="world folder whose held-out files become the demo inputs")
     p.add_argument("--name", default="anygpt-nano")
+    p.add_argument(
+        "--llm-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="how the LLM's weights are stored (float16 halves the file; loaders upcast on a CPU)",
+    )
     a = p.parse_args(argv)
-    out = ship(Path(a.src), Path(a.out), Path(a.world) if a.world else None, a.name)
+    world = Path(a.world) if a.world else None
+    out = ship(Path(a.src), Path(a.out), world, a.name, a.llm_dtype)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"shipped {out} ({size / 1e6:.1f} MB)")
     return 0
