@@ -46,8 +46,8 @@ else
   CLIP_ARGS="--max-steps ${CLIP_STEPS:-1600} --num-examples 40000"
   REBALANCE_ARGS="--max-steps ${REBALANCE_STEPS:-800} --num-examples 20000"
   PICTURE_ARGS="--max-steps ${PICTURE_STEPS:-1000} --num-examples 24000"
-  FRESH_WORLD_ARGS="--images 72000 --speech 1 --music 1 --videos 1 --background 1 --dialogues 1"
-  FRESH_ARGS="--max-steps ${FRESH_STEPS:-2400} --num-examples 72000"
+  FRESH_WORLD_ARGS="--images 48000 --speech 1 --music 1 --videos 1 --background 1 --dialogues 1"
+  FRESH_ARGS="--max-steps ${FRESH_STEPS:-1600} --num-examples 48000"
   EVAL_LIMIT=${EVAL_LIMIT:-50}
 fi
 
@@ -123,7 +123,7 @@ step "stage 5: pictures weighted up"
   --data "$D/music.jsonl,group=music" \
   --mixture image=0.45,dialogues=0.2,speech=0.15,video=0.12,music=0.08 $PICTURE_ARGS
 
-# Stage 6 draws its picture pairs from a world of 72,000 pictures (pictures only, the same seed, so
+# Stage 6 draws its picture pairs from a world of 48,000 pictures (pictures only, the same seed, so
 # the same held-out split; the first 12,000 are the main world's, the rest new to the LLM): stage 5
 # had seen its 3,000 pictures several times each, and more steps on them stopped helping.
 step "stage 6: fresh pictures"
